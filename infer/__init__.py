@@ -1,0 +1,6 @@
+"""infer: greedy and beam search over the seq2seq transformer."""
+from infer.beam import beam_search
+from infer.greedy import greedy_search
+from infer.search import Hypothesis, SearchConfig
+
+__all__ = ["Hypothesis", "SearchConfig", "beam_search", "greedy_search"]

@@ -1,0 +1,52 @@
+"""Shared tiny, seeded models and batches. Everything runs on CPU in fp32."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seq2seq import ModelConfig, Transformer
+
+PAD, BOS, EOS = 0, 1, 2
+FIRST_SYMBOL = 4  # ids below are pad/bos/eos/unk
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(
+        src_vocab_size=24, tgt_vocab_size=24, d_model=32, n_heads=4, n_encoder_layers=2,
+        n_decoder_layers=2, d_ff=64, dropout=0.0, max_positions=64,
+    )
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def tiny_model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(tiny_config(**overrides)).eval()
+
+
+def pad_batch(seqs: list[list[int]]) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [PAD] * (width - len(s)) for s in seqs])
+
+
+def random_sentences(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
+    return [torch.randint(FIRST_SYMBOL, vocab, (l,), generator=g).tolist() + [EOS] for l in lengths]
+
+
+@pytest.fixture(scope="session")
+def copy_model() -> Transformer:
+    """A tiny model trained for a few seconds to copy its source: it emits EOS by itself,
+    so sentences of different lengths finish at different steps."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(src_vocab_size=12, tgt_vocab_size=12, share_embeddings=True))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(300):
+        src = pad_batch(random_sentences(64, 1, 6, 12, seed=step))
+        tgt_in = torch.cat([torch.full((src.size(0), 1), BOS), src[:, :-1]], dim=1)
+        loss = torch.nn.functional.cross_entropy(model(src, tgt_in).transpose(1, 2), src, ignore_index=PAD)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

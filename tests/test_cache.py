@@ -1,0 +1,72 @@
+"""The cache: preallocated, reordered like index_select, cross K/V left alone, shrinkable."""
+import torch
+
+from conftest import BOS, pad_batch, random_sentences, tiny_model
+
+
+def filled_cache(beam_size=3, steps=4):
+    model = tiny_model()
+    src = pad_batch(random_sentences(2, 2, 6, 24, seed=3))
+    memory = model.encode(src)
+    cache = model.init_cache(memory, model.padding_mask(src), beam_size=beam_size, max_len=10)
+    tokens = torch.randint(4, 24, (2 * beam_size, steps))
+    with torch.no_grad():
+        for i in range(steps):
+            model.step(tokens[:, i : i + 1], cache)
+    return model, src, cache
+
+
+def test_cross_kv_are_projected_once_per_sentence_not_per_beam():
+    model, src, cache = filled_cache(beam_size=3)
+    assert cache.cross_kv.shape[2] == 2 and cache.self_kv.shape[2] == 6
+    with torch.no_grad():
+        k, v = model.decoder_layers[1].cross_attn.project_kv(model.encode(src))
+    torch.testing.assert_close(cache.cross_kv[1, 0], k)
+    torch.testing.assert_close(cache.cross_kv[1, 1], v)
+
+
+def test_steps_write_into_the_preallocated_buffer():
+    model, src, cache = filled_cache()
+    before = cache.self_kv.data_ptr(), cache.self_kv.shape
+    with torch.no_grad():
+        model.step(torch.full((6, 1), 5), cache)
+    assert (cache.self_kv.data_ptr(), cache.self_kv.shape) == before
+    assert cache.length == 5
+
+
+def test_reorder_equals_index_select_and_leaves_cross_kv_untouched():
+    _, _, cache = filled_cache()
+    rows = torch.tensor([2, 2, 0, 5, 3, 3])  # beams re-ranked within each sentence
+    expected = cache.self_kv[..., : cache.length, :].index_select(2, rows)
+    cross_before, cross_ptr = cache.cross_kv.clone(), cache.cross_kv.data_ptr()
+    cache.reorder(rows)
+    assert torch.equal(cache.self_kv[..., : cache.length, :], expected)
+    assert cache.cross_kv.data_ptr() == cross_ptr and torch.equal(cache.cross_kv, cross_before)
+
+
+def test_keep_sentences_shrinks_every_part():
+    _, _, cache = filled_cache(beam_size=3)
+    self_kv, cross_kv, mask = cache.self_kv.clone(), cache.cross_kv.clone(), cache.src_mask.clone()
+    cache.keep_sentences(torch.tensor([1]))
+    assert torch.equal(cache.self_kv, self_kv[:, :, 3:6])
+    assert torch.equal(cache.cross_kv, cross_kv[:, :, 1:2])
+    assert torch.equal(cache.src_mask, mask[1:2])
+    assert cache.beam_size == 3
+
+
+def test_reordered_cache_decodes_like_a_cache_built_from_reordered_prefixes():
+    """After reorder, a step equals decoding the reordered prefixes from scratch."""
+    model = tiny_model()
+    src = pad_batch(random_sentences(2, 2, 6, 24, seed=4))
+    prefix = torch.cat([torch.full((6, 1), BOS), torch.randint(4, 24, (6, 3))], dim=1)
+    rows = torch.tensor([1, 1, 2, 4, 3, 5])
+    nxt = torch.randint(4, 24, (6, 1))
+    with torch.no_grad():
+        memory, mask = model.encode(src), model.padding_mask(src)
+        cache = model.init_cache(memory, mask, beam_size=3, max_len=8)
+        model.step(prefix, cache)
+        cache.reorder(rows)
+        got = model.step(nxt, cache)[:, -1]
+        full = torch.cat([prefix[rows], nxt], dim=1)
+        expected = model.project(model.decode(full, memory.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)))
+    torch.testing.assert_close(got, expected[:, -1], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,1 @@
+"""train: training loop, schedules and checkpoints (built on infer and seq2seq)."""

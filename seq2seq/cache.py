@@ -62,7 +62,8 @@ class DecoderCache:
         if rows.numel() != self.rows:
             raise ValueError(f"reorder needs {self.rows} row indices, got {rows.numel()}")
         t = self.length
-        self.self_kv[..., :t, :] = self.self_kv[:, :, rows, :, :t]
+        for layer_kv in self.self_kv:  # one layer at a time: the gather's copy stays 1/Y of the cache
+            layer_kv[..., :t, :] = layer_kv[:, rows, :, :t]
 
     def keep_sentences(self, keep: Tensor) -> None:
         """Shrink every tensor to the sentences in keep (indices into the current batch)."""

@@ -1,6 +1,9 @@
 """Shared tiny, seeded models and batches. Everything runs on CPU in fp32."""
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -50,3 +53,23 @@ def copy_model() -> Transformer:
         loss.backward()
         opt.step()
     return model.eval()
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+
+
+def write_slice(folder: Path, sizes=None) -> Path:
+    """The first lines of Multi30k de/en splits as plain text files in folder."""
+    sizes = sizes or {"train": 300, "val": 20, "test_2016_flickr": 20}
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in sizes.items():
+        for lang in ("de", "en"):
+            with gzip.open(SHARED_DATA / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
+                lines = [next(f) for _ in range(n)]
+            (folder / f"{split}.{lang}").write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def multi30k_slice(tmp_path_factory) -> Path:
+    return write_slice(tmp_path_factory.mktemp("multi30k"))

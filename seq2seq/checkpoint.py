@@ -1,0 +1,94 @@
+"""Checkpoint files: atomic writes, safe loads (weights_only), and a format version.
+
+A checkpoint is a dict of tensors and plain Python values. The model config and the
+vocabularies travel inside it, so a checkpoint alone is enough to translate.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from seq2seq.config import ModelConfig, build_config
+from seq2seq.model import Transformer
+from seq2seq.tokenizer import Vocabularies
+
+FORMAT = "seq2seq-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def save_atomic(obj: dict, path: str | Path) -> None:
+    """Write to a temporary file beside path, fsync, then rename over path.
+
+    A crash or a full disk mid-write leaves the previous file at path untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    """Load and check a checkpoint; never runs code from the file (weights_only=True)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): {reason}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a seq2seq checkpoint")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {ckpt.get('version')}, this seq2seq reads version {VERSION}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> tuple[Transformer, Vocabularies]:
+    """Rebuild the model (eval mode, CPU) and its vocabularies from a loaded checkpoint."""
+    model = Transformer(build_config(ModelConfig, ckpt["model_config"], where=f"{path}: model_config"))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the model config: {str(err).splitlines()[0]}") from None
+    return model.eval(), Vocabularies.from_dict(ckpt["vocab"])
+
+
+def average(paths: list[str | Path]) -> dict:
+    """Mean of the models of several checkpoints; the rest comes from the last one."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    ckpts = [load(p) for p in paths]
+    base = ckpts[-1]
+    for p, c in zip(paths, ckpts):
+        if c["model_config"] != base["model_config"]:
+            raise CheckpointError(f"{p}: model config differs from {paths[-1]}")
+    averaged = {}
+    for name, tensor in base["model"].items():
+        if tensor.is_floating_point():
+            averaged[name] = (sum(c["model"][name].double() for c in ckpts) / len(ckpts)).to(tensor.dtype)
+        else:
+            averaged[name] = tensor
+    out = {k: v for k, v in base.items() if k not in ("optimizer", "scheduler", "rng")}
+    out["model"] = averaged
+    out["averaged_from"] = [str(p) for p in paths]
+    return out

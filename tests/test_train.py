@@ -1,0 +1,184 @@
+"""Training: loss falls, exact resume, Ctrl-C, atomic checkpoints, averaging, DDP, CLI errors."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train.trainer as trainer_module
+from seq2seq.checkpoint import CheckpointError, average, load, save_atomic
+from train.cli import train_main
+from train.config import load_config
+from train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def tiny(run_dir, data, *overrides):
+    fast = ["eval.search.max_len=8", "eval.search.beam_size=2", "optim.max_tokens=512", "vocab.size=400"]
+    return load_config(TINY, [f"run_dir={run_dir}", f"data.path={data}", *fast, *overrides])
+
+
+class Payload:
+    """An arbitrary object: unpickling it could run code, so checkpoints may not hold one."""
+
+
+def read_metrics(run_dir):
+    import json
+
+    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_the_run_dir_is_complete(tmp_path, multi30k_slice):
+    run = tmp_path / "run"
+    summary = Trainer(tiny(run, multi30k_slice, "optim.max_steps=60", "eval.every=30")).train()
+    assert summary["reason"] == "max_steps" and summary["step"] == 60
+    records = read_metrics(run)
+    train_losses = [r["loss"] for r in records if r["kind"] == "train"]
+    valid_losses = [r["valid_loss"] for r in records if r["kind"] == "valid"]
+    assert train_losses[-1] < train_losses[0] - 1.0
+    assert valid_losses[-1] < valid_losses[0]
+    for name in ("curves.png", "vocab.json", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (run / name).exists(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _weights(run_dir):
+    return load(Path(run_dir) / "checkpoints" / "last.pt")
+
+
+def _assert_same_training_state(a, b):
+    assert a["step"] == b["step"] and a["position"] == b["position"] and a["epoch"] == b["epoch"]
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for (ka, sa), (kb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, multi30k_slice):
+    # Small batches so the runs cross an epoch boundary; dropout on, so RNG state matters.
+    common = ["optim.max_tokens=256", "eval.every=5", "data.max_len=24"]
+    Trainer(tiny(tmp_path / "straight", multi30k_slice, "optim.max_steps=14", *common)).train()
+    Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=7", *common)).train()
+    resumed = Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=14", "resume=true", *common))
+    assert resumed.step == 7
+    resumed.train()
+    straight, split = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert straight["epoch"] >= 1  # the resumed run crossed an epoch boundary
+    _assert_same_training_state(straight, split)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, multi30k_slice, monkeypatch):
+    common = ["eval.every=100"]
+    Trainer(tiny(tmp_path / "straight", multi30k_slice, "optim.max_steps=6", *common)).train()
+
+    real_update = Trainer._update
+    calls = {"n": 0}
+
+    def update_then_ctrl_c(self, batches, n_tokens):
+        loss = real_update(self, batches, n_tokens)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)  # the real handler runs, as for a keyboard Ctrl-C
+        return loss
+
+    monkeypatch.setattr(Trainer, "_update", update_then_ctrl_c)
+    summary = Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=6", *common)).train()
+    assert summary == {**summary, "reason": "interrupted", "step": 3}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(Trainer, "_update", real_update)
+    Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=6", "resume=true", *common)).train()
+    _assert_same_training_state(_weights(tmp_path / "straight"), _weights(tmp_path / "split"))
+
+
+def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    first = {"format": "seq2seq-checkpoint", "version": 1, "model": {"w": torch.ones(3)}}
+    save_atomic(first, path)
+
+    def crash_mid_write(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(OSError, match="No space"):
+        save_atomic({**first, "model": {"w": torch.zeros(3)}}, path)
+    assert torch.equal(load(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "not a readable checkpoint"), (b"PK\x03\x04 truncated", "not a readable checkpoint")],
+)
+def test_broken_checkpoints_are_named(tmp_path, content, message):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"broken\.pt: {message}"):
+        load(path)
+
+
+def test_other_format_version_and_foreign_pickles_are_refused(tmp_path):
+    path = tmp_path / "v9.pt"
+    torch.save({"format": "seq2seq-checkpoint", "version": 9}, path)
+    with pytest.raises(CheckpointError, match="version 9"):
+        load(path)
+    torch.save({"weights": torch.ones(1)}, path)
+    with pytest.raises(CheckpointError, match="not a seq2seq checkpoint"):
+        load(path)
+
+    torch.save({"format": "seq2seq-checkpoint", "version": 1, "x": Payload()}, path)  # weights_only refuses it
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load(path)
+
+
+def test_average_is_the_mean_of_the_weights(tmp_path):
+    base = {"format": "seq2seq-checkpoint", "version": 1, "model_config": {"d_model": 4}}
+    paths = []
+    for i, value in enumerate([1.0, 2.0, 6.0]):
+        paths.append(tmp_path / f"step_{i}.pt")
+        save_atomic({**base, "model": {"w": torch.full((2,), value), "n": torch.tensor(i)}}, paths[-1])
+    out = average(paths)
+    assert torch.equal(out["model"]["w"], torch.full((2,), 3.0)) and out["model"]["n"] == 2
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path, multi30k_slice):
+    Trainer(tiny(tmp_path / "run", multi30k_slice, "optim.max_steps=2", "eval.every=2")).train()
+    with pytest.raises(CheckpointError, match="pass resume=true"):
+        Trainer(tiny(tmp_path / "run", multi30k_slice, "optim.max_steps=2"))
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, multi30k_slice):
+    assert train_main([str(TINY), "optim.lr=fast"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "optim.lr: expected float, got 'fast'" in err
+    assert train_main([str(TINY), f"data.path={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 2
+    assert "train.de: no such file" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path, multi30k_slice):
+    """torchrun with 2 gloo processes (accum 1) == 1 process accumulating the same 2 batches."""
+    common = [f"data.path={multi30k_slice}", "optim.max_steps=4", "eval.every=4", "model.dropout=0.0",
+              "eval.search.max_len=4", "vocab.size=400", "optim.max_tokens=512"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train",
+         str(TINY), f"run_dir={tmp_path / 'ddp'}", "--no-test", *common],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+    Trainer(load_config(TINY, [f"run_dir={tmp_path / 'single'}", "optim.accum_steps=2", *common])).train()
+    a, b = _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
+    assert a["step"] == b["step"] == 4 and a["position"] == b["position"] == 8
+    # Adam's first moment is a running mean of the gradients: it would show a wrongly scaled
+    # or wrongly averaged gradient, which Adam's scale-invariant updates would hide.
+    for key, state in a["optimizer"]["state"].items():
+        torch.testing.assert_close(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"], rtol=1e-3, atol=1e-7)
+    # Weights agree to the learning-rate scale: Adam moves a near-zero gradient by ~lr
+    # whichever sign float summation order gives it.
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=2e-4)

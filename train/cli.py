@@ -1,0 +1,86 @@
+"""Command lines: seq2seq-train (also `python -m train`, and under torchrun) and seq2seq-average."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from infer.evaluate import score
+from infer.translate import translate
+from seq2seq.checkpoint import CheckpointError, average, load, model_from_checkpoint, save_atomic
+from seq2seq.config import ConfigError
+from seq2seq.data import DataError, load_split
+from train import distributed
+from train.config import TrainConfig, load_config
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, OSError)
+
+
+def _fail(prog: str, err: BaseException, debug: bool) -> int:
+    if debug:
+        raise err
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def evaluate_on_test(cfg: TrainConfig, checkpoint: Path, device) -> dict:
+    """Translate the test split with a checkpoint and score it (cased BLEU/chrF/TER)."""
+    model, vocab = model_from_checkpoint(load(checkpoint), checkpoint)
+    model.to(device)
+    test = load_split(cfg.data, cfg.data.test)
+    hyps = translate(model, vocab, test.src, cfg.eval.search, cfg.eval.max_tokens)
+    out = Path(cfg.run_dir) / f"{cfg.data.test}.{cfg.data.tgt_lang}.hyp"
+    out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    return score(hyps, [test.tgt])
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seq2seq-train", description="Train a translation model from a YAML recipe.",
+        epilog="Overrides: dotted keys of the recipe, e.g. optim.max_steps=2000 model.d_model=256 resume=true",
+    )
+    parser.add_argument("config", help="YAML recipe (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--no-test", action="store_true", help="skip scoring the test split at the end")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    args = parser.parse_intermixed_args(argv)  # flags may stand among the overrides
+    from train.trainer import Trainer  # deferred: argument errors answer before torch loads
+
+    env = None
+    try:
+        cfg = load_config(args.config, args.overrides)
+        trainer = Trainer(cfg)
+        env = trainer.env
+        summary = trainer.train()
+        if env.is_main and summary["reason"] != "interrupted" and cfg.data.test and not args.no_test:
+            best = trainer.ckpt_dir / "best.pt"
+            result = evaluate_on_test(cfg, best, trainer.device)
+            print(f"{cfg.data.test} ({best}): BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  TER {result['ter']:.2f}")
+            print(f"sacrebleu signature: {result['bleu_signature']}")
+        return 130 if summary["reason"] == "interrupted" else 0
+    except USER_ERRORS as err:
+        return _fail("seq2seq-train", err, args.debug)
+    finally:
+        if env is not None:
+            distributed.shutdown(env)
+
+
+def average_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="seq2seq-average", description="Average the weights of checkpoints.")
+    parser.add_argument("inputs", nargs="+", help="checkpoint files, or one run's checkpoints/ folder")
+    parser.add_argument("-o", "--output", required=True, help="file to write")
+    parser.add_argument("--last", type=int, default=0, help="with a folder: average its last N step checkpoints")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        paths = [Path(p) for p in args.inputs]
+        if len(paths) == 1 and paths[0].is_dir():
+            paths = sorted(paths[0].glob("step_*.pt"))
+            if not paths:
+                raise CheckpointError(f"{args.inputs[0]}: no step_*.pt checkpoints in this folder")
+            paths = paths[-args.last :] if args.last else paths
+        save_atomic(average(paths), args.output)
+        print(f"averaged {len(paths)} checkpoints into {args.output}")
+        return 0
+    except USER_ERRORS as err:
+        return _fail("seq2seq-average", err, args.debug)

@@ -1,0 +1,302 @@
+"""The training loop: teacher forcing, label smoothing, Adam with inverse-sqrt warmup,
+gradient accumulation and clipping, validation with BLEU, checkpoints, exact resume, DDP.
+
+Every process builds the same batch plan from the seed; an update takes world_size *
+accum_steps batches of it, and each process runs its own accum_steps of them. Losses are
+summed over target tokens and divided by the update's total target tokens, so an update is
+the same whatever the number of processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from infer.evaluate import score
+from infer.translate import translate
+from seq2seq.batching import batch_plan
+from seq2seq.checkpoint import FORMAT, VERSION, CheckpointError, average, load, save_atomic
+from seq2seq.model import Transformer
+from seq2seq.tokenizer import Vocabularies
+from train import distributed
+from train.config import TrainConfig, to_dict
+from train.data import Encoded, clean_training, encode, make_batch, read_splits
+from train.plot import plot_metrics
+from train.schedule import make_scheduler
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device=cuda but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=print):
+        self.cfg, self.log = cfg, log
+        kind = pick_device(cfg.device, 0).type
+        self.env = distributed.init(kind)
+        self.device = pick_device(cfg.device, self.env.local_rank)
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        resume = self._resume_checkpoint()
+
+        train_raw, self.valid_raw = read_splits(cfg.data)
+        self.vocab = Vocabularies.from_dict(resume["vocab"]) if resume else self._train_vocab(train_raw)
+        self.model_cfg = dataclasses.replace(
+            cfg.model, src_vocab_size=self.vocab.src.vocab_size, tgt_vocab_size=self.vocab.tgt.vocab_size
+        )
+        self.train_data, dropped = clean_training(encode(self.vocab, train_raw, self.model_cfg.eos_id), cfg.data)
+        self.valid_data = encode(self.vocab, self.valid_raw, self.model_cfg.eos_id)
+        self._info(f"train: {len(train_raw)} pairs from {train_raw.name}, kept {len(self.train_data.src)}, dropped {dropped}")
+        self._info(f"valid: {len(self.valid_raw)} pairs from {self.valid_raw.name}")
+
+        torch.manual_seed(cfg.seed)
+        self.model = Transformer(self.model_cfg).to(self.device)
+        self.ddp = DistributedDataParallel(self.model) if self.env.enabled else None
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+        )
+        self.scheduler = make_scheduler(self.optimizer, o.warmup_steps)
+        self.step, self.epoch, self.position = 0, 0, 0
+        self.best_bleu, self.bad_validations = -1.0, 0
+        self._stop_requested = False
+        if resume:
+            self._restore(resume)
+        self._info(f"model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters on {self.device}"
+                   f"{f' x {self.env.world_size} processes' if self.env.enabled else ''}")
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _info(self, message: str) -> None:
+        if self.env.is_main:
+            self.log(message)
+
+    def _resume_checkpoint(self) -> dict | None:
+        last = self.ckpt_dir / "last.pt"
+        if not self.cfg.resume:
+            if last.exists():
+                raise CheckpointError(f"{last}: run_dir already holds a run; pass resume=true to continue it or choose another run_dir")
+            return None
+        if not last.exists():
+            raise CheckpointError(f"{last}: no checkpoint to resume from")
+        return load(last, map_location=self.device)
+
+    def _train_vocab(self, corpus) -> Vocabularies:
+        path = self.run_dir / "vocab.json"
+        if self.env.is_main:
+            vocab = Vocabularies.train(corpus.src, corpus.tgt, self.cfg.vocab)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(vocab.to_dict()))
+            os.replace(tmp, path)
+        distributed.barrier(self.env)  # the other processes read what rank 0 trained
+        return vocab if self.env.is_main else Vocabularies.from_dict(json.loads(path.read_text()))
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": FORMAT, "version": VERSION,
+            "model": self.model.state_dict(), "model_config": dataclasses.asdict(self.model_cfg),
+            "vocab": self.vocab.to_dict(), "train_config": to_dict(self.cfg),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "position": self.position, "rng": rng,
+            "best_bleu": self.best_bleu, "bad_validations": self.bad_validations,
+        }
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.epoch, self.position = ckpt["step"], ckpt["epoch"], ckpt["position"]
+        self.best_bleu, self.bad_validations = ckpt["best_bleu"], ckpt["bad_validations"]
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), self.device)
+        self._info(f"resumed from step {self.step} (epoch {self.epoch}, batch {self.position})")
+
+    def save_checkpoint(self, is_best: bool = False) -> None:
+        """step_N.pt, with last.pt (and best.pt) as links to it; older step files pruned."""
+        if not self.env.is_main:
+            return
+        path = self.ckpt_dir / f"step_{self.step:07d}.pt"
+        save_atomic(self._state(), path)
+        _link_atomic(path, self.ckpt_dir / "last.pt")
+        if is_best:
+            _link_atomic(path, self.ckpt_dir / "best.pt")
+        for old in self.step_checkpoints()[: -self.cfg.eval.keep_last or None]:
+            old.unlink()
+
+    def step_checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("step_*.pt"))
+
+    # -- one update ---------------------------------------------------------------------------
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        src_lens, tgt_lens = self.train_data.lengths()
+        return batch_plan(src_lens, tgt_lens, self.cfg.optim.max_tokens, self.cfg.seed, epoch)
+
+    def _update(self, batches: list[list[int]], n_tokens: int) -> float:
+        """One optimizer step over this process's micro-batches; returns the summed loss."""
+        module = self.ddp or self.model
+        module.train()
+        mc, world = self.model_cfg, self.env.world_size
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        total = torch.zeros((), device=self.device)
+        for j, indices in enumerate(batches):
+            src, tgt_in, tgt_out = (t.to(self.device) for t in make_batch(self.train_data, indices, mc.pad_id, mc.bos_id))
+            # Only the last micro-batch of an update all-reduces gradients.
+            sync = self.ddp.no_sync() if self.ddp is not None and j < len(batches) - 1 else nullcontext()
+            with sync:
+                with autocast:
+                    logits = module(src, tgt_in)
+                loss = F.cross_entropy(
+                    logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=mc.pad_id,
+                    label_smoothing=self.cfg.optim.label_smoothing, reduction="sum",
+                )
+                # DDP averages over processes; scaling by world makes the result sum / n_tokens.
+                (loss * world / n_tokens).backward()
+            total += loss.detach()
+        if self.cfg.optim.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return total.item()
+
+    # -- validation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation NLL per target token, and BLEU of the project's cached beam search."""
+        self.model.eval()
+        mc = self.model_cfg
+        src_lens, tgt_lens = self.valid_data.lengths()
+        nll, n_tokens = 0.0, 0
+        for indices in batch_plan(src_lens, tgt_lens, self.cfg.optim.max_tokens, 0, 0, shuffle=False):
+            src, tgt_in, tgt_out = (t.to(self.device) for t in make_batch(self.valid_data, indices, mc.pad_id, mc.bos_id))
+            logits = self.model(src, tgt_in)
+            nll += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=mc.pad_id, reduction="sum").item()
+            n_tokens += int((tgt_out != mc.pad_id).sum())
+        hyps = translate(self.model, self.vocab, self.valid_raw.src, self.cfg.eval.search, self.cfg.eval.max_tokens)
+        scores = score(hyps, [self.valid_raw.tgt])
+        return {"valid_loss": nll / n_tokens, "valid_ppl": math.exp(min(nll / n_tokens, 50)), **scores}
+
+    def _validate_and_save(self) -> bool:
+        """Validate on rank 0, checkpoint, and return whether patience ran out (on all ranks)."""
+        stop = False
+        if self.env.is_main:
+            metrics = self.validate()
+            is_best = metrics["bleu"] > self.best_bleu
+            if is_best:
+                self.best_bleu, self.bad_validations = metrics["bleu"], 0
+            else:
+                self.bad_validations += 1
+            self._append_metrics({"kind": "valid", "step": self.step, **metrics, "best_bleu": self.best_bleu})
+            self.log(f"step {self.step}: valid loss {metrics['valid_loss']:.3f} ppl {metrics['valid_ppl']:.2f} "
+                     f"BLEU {metrics['bleu']:.2f} chrF {metrics['chrf']:.2f} (best {self.best_bleu:.2f})")
+            self.save_checkpoint(is_best)
+            plot_metrics(self.metrics_path, self.run_dir / "curves.png")
+            stop = 0 < self.cfg.eval.patience <= self.bad_validations
+            if stop:
+                self.log(f"early stop: no better validation BLEU in {self.bad_validations} validations")
+        return distributed.broadcast(self.env, stop)
+
+    def _append_metrics(self, record: dict) -> None:
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        self._info("\ninterrupt: finishing this update, then saving a resumable checkpoint (Ctrl-C again to abort)")
+
+    def _interrupted(self) -> bool:
+        return distributed.all_sum(self.env, float(self._stop_requested), self.device) > 0
+
+    def train(self) -> dict:
+        """Train until max_steps, max_epochs, patience or Ctrl-C; returns a summary."""
+        o, per_update = self.cfg.optim, self.env.world_size * self.cfg.optim.accum_steps
+        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        plan = self._plan(self.epoch)
+        bar = tqdm(total=o.max_steps, initial=self.step, disable=not self.env.is_main, dynamic_ncols=True, unit="upd")
+        reason, window_tokens, window_start, validated_at = "max_steps", 0, time.perf_counter(), self.step
+        try:
+            while self.step < o.max_steps:
+                if self.position + per_update > len(plan):  # epoch over; a short tail is left out
+                    self.epoch, self.position = self.epoch + 1, 0
+                    if o.max_epochs and self.epoch >= o.max_epochs:
+                        reason = "max_epochs"
+                        break
+                    plan = self._plan(self.epoch)
+                batches = plan[self.position : self.position + per_update]
+                n_tokens = sum(len(self.train_data.tgt[i]) for b in batches for i in b)
+                mine = batches[self.env.rank * o.accum_steps : (self.env.rank + 1) * o.accum_steps]
+                loss = distributed.all_sum(self.env, self._update(mine, n_tokens), self.device) / n_tokens
+                self.step, self.position = self.step + 1, self.position + per_update
+                window_tokens += n_tokens
+                if self.env.is_main:
+                    elapsed = time.perf_counter() - window_start
+                    lr = self.scheduler.get_last_lr()[0]
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{window_tokens / elapsed:,.0f}", ep=self.epoch)
+                    if self.step % 10 == 0 or self.step == 1:
+                        self._append_metrics({"kind": "train", "step": self.step, "epoch": self.epoch, "loss": loss,
+                                              "lr": lr, "tokens_per_s": window_tokens / elapsed})
+                if self.step % self.cfg.eval.every == 0:
+                    validated_at = self.step
+                    if self._validate_and_save():
+                        reason = "patience"
+                        break
+                    window_tokens, window_start = 0, time.perf_counter()
+                if self._interrupted():
+                    reason = "interrupted"
+                    break
+            if validated_at != self.step and reason != "interrupted":
+                self._validate_and_save()
+        finally:
+            bar.close()
+            signal.signal(signal.SIGINT, previous_handler)
+        if reason == "interrupted":
+            self.save_checkpoint()
+            self._info(f"saved {self.ckpt_dir / 'last.pt'} at step {self.step}; continue with resume=true")
+        if self.env.is_main:
+            if self.cfg.eval.average_last > 1 and reason != "interrupted":
+                save_atomic(average(self.step_checkpoints()[-self.cfg.eval.average_last :]), self.ckpt_dir / "averaged.pt")
+            plot_metrics(self.metrics_path, self.run_dir / "curves.png")
+        return {"reason": reason, "step": self.step, "epoch": self.epoch, "best_bleu": self.best_bleu}
+
+
+def _link_atomic(target: Path, link: Path) -> None:
+    """Make link name the same file as target, replacing any old link atomically."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError:  # no hard links on this file system: copy instead
+        save_atomic(torch.load(target, weights_only=True), link)
+        return
+    os.replace(tmp, link)

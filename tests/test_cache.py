@@ -46,9 +46,11 @@ def test_reorder_equals_index_select_and_leaves_cross_kv_untouched():
 
 def test_keep_sentences_shrinks_every_part():
     _, _, cache = filled_cache(beam_size=3)
-    self_kv, cross_kv, mask = cache.self_kv.clone(), cache.cross_kv.clone(), cache.src_mask.clone()
+    written = cache.self_kv[..., : cache.length, :].clone()  # beyond length: never written, undefined
+    cross_kv, mask = cache.cross_kv.clone(), cache.src_mask.clone()
     cache.keep_sentences(torch.tensor([1]))
-    assert torch.equal(cache.self_kv, self_kv[:, :, 3:6])
+    assert cache.self_kv.shape[2] == 3 and cache.capacity == 10
+    assert torch.equal(cache.self_kv[..., : cache.length, :], written[:, :, 3:6])
     assert torch.equal(cache.cross_kv, cross_kv[:, :, 1:2])
     assert torch.equal(cache.src_mask, mask[1:2])
     assert cache.beam_size == 3

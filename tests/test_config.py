@@ -8,6 +8,7 @@ from seq2seq.config import ConfigError
 from train.config import TrainConfig, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -25,7 +26,7 @@ def test_every_recipe_key_is_commented(path):
 
 
 def test_overrides_reach_nested_sections():
-    cfg = load_config(CONFIGS[0], ["model.d_model=64", "eval.search.beam_size=3", "resume=true", "optim.lr=1e-3"])
+    cfg = load_config(TINY, ["model.d_model=64", "eval.search.beam_size=3", "resume=true", "optim.lr=1e-3"])
     assert (cfg.model.d_model, cfg.eval.search.beam_size, cfg.resume, cfg.optim.lr) == (64, 3, True, 1e-3)
 
 
@@ -38,11 +39,12 @@ def test_overrides_reach_nested_sections():
         (["eval.search.beam_size=0"], r"beam_size=0"),
         (["nonsense"], r"override 'nonsense': expected key=value"),
         (["model.share_embeddings=true", "vocab.joint=false"], "share_embeddings needs vocab.joint"),
+        (["model.max_positions=32"], r"data.max_len=64 needs model.max_positions >= 65, got 32"),
     ],
 )
 def test_bad_values_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(CONFIGS[0], overrides)
+        load_config(TINY, overrides)
 
 
 def test_yaml_errors_name_the_file(tmp_path):

@@ -140,3 +140,18 @@ def test_length_grouping_wastes_less_padding_than_random_batches():
         random_batches.append(shuffled[start : start + size])
         start += size
     assert padding_fraction(plan) < padding_fraction(random_batches) / 3
+
+
+def test_hf_format_goes_through_datasets_load_dataset(tmp_path, multi30k_slice):
+    """A local folder stands in for a hub name: load_dataset reads both the same way."""
+    ref = load_split(DataConfig(path=str(multi30k_slice)), "val")
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for s, t in zip(ref.src, ref.tgt):
+                f.write(json.dumps({"translation": {"de": s, "en": t}}, ensure_ascii=False) + "\n")
+    got = load_split(DataConfig(path=str(folder), format="hf", valid="validation"), "validation")
+    assert (got.src, got.tgt) == (ref.src, ref.tgt)
+    with pytest.raises(DataError, match="split 'nonexistent'"):
+        load_split(DataConfig(path=str(folder), format="hf"), "nonexistent")

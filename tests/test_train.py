@@ -76,7 +76,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, multi30k_slice
     common = ["eval.every=100"]
     Trainer(tiny(tmp_path / "straight", multi30k_slice, "optim.max_steps=6", *common)).train()
 
-    real_update = Trainer._update
+    real_update = Trainer.update
     calls = {"n": 0}
 
     def update_then_ctrl_c(self, batches, n_tokens):
@@ -86,11 +86,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, multi30k_slice
             signal.raise_signal(signal.SIGINT)  # the real handler runs, as for a keyboard Ctrl-C
         return loss
 
-    monkeypatch.setattr(Trainer, "_update", update_then_ctrl_c)
+    monkeypatch.setattr(Trainer, "update", update_then_ctrl_c)
     summary = Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=6", *common)).train()
     assert summary == {**summary, "reason": "interrupted", "step": 3}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    monkeypatch.setattr(Trainer, "_update", real_update)
+    monkeypatch.setattr(Trainer, "update", real_update)
     Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=6", "resume=true", *common)).train()
     _assert_same_training_state(_weights(tmp_path / "straight"), _weights(tmp_path / "split"))
 
@@ -182,3 +182,25 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path, 
     # whichever sign float summation order gives it.
     for name in a["model"]:
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=2e-4)
+
+
+def test_patience_stops_when_bleu_stops_improving(tmp_path, multi30k_slice):
+    """With no learning at all, validation BLEU never improves after the first validation."""
+    cfg = tiny(tmp_path / "run", multi30k_slice, "optim.max_steps=50", "eval.every=1", "eval.patience=2",
+               "optim.lr=1e-12", "optim.warmup_steps=0", "eval.keep_last=1")
+    summary = Trainer(cfg).train()
+    assert summary["reason"] == "patience" and summary["step"] == 3
+    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").glob("step_*.pt"))] == ["step_0000003.pt"]
+
+
+def test_average_cli(tmp_path, multi30k_slice, capsys):
+    from train.cli import average_main
+
+    Trainer(tiny(tmp_path / "run", multi30k_slice, "optim.max_steps=4", "eval.every=2", "eval.keep_last=5")).train()
+    folder = tmp_path / "run" / "checkpoints"
+    assert average_main([str(folder), "--last", "2", "-o", str(tmp_path / "avg.pt")]) == 0
+    a, b, avg = (load(p)["model"] for p in [folder / "step_0000002.pt", folder / "step_0000004.pt", tmp_path / "avg.pt"])
+    name = "tgt_embed.tokens.weight"
+    torch.testing.assert_close(avg[name], (a[name] + b[name]) / 2)
+    assert average_main([str(tmp_path / "nothing.pt"), "-o", str(tmp_path / "x.pt")]) == 2
+    assert "nothing.pt: no such checkpoint" in capsys.readouterr().err

@@ -1,10 +1,10 @@
 """Command lines: seq2seq-train (also `python -m train`, and under torchrun) and seq2seq-average."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from infer.cli import OneLineParser
 from infer.evaluate import score
 from infer.translate import translate
 from seq2seq.checkpoint import CheckpointError, average, load, model_from_checkpoint, save_atomic
@@ -35,7 +35,7 @@ def evaluate_on_test(cfg: TrainConfig, checkpoint: Path, device) -> dict:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="seq2seq-train", description="Train a translation model from a YAML recipe.",
         epilog="Overrides: dotted keys of the recipe, e.g. optim.max_steps=2000 model.d_model=256 resume=true",
     )
@@ -57,6 +57,7 @@ def train_main(argv: list[str] | None = None) -> int:
             result = evaluate_on_test(cfg, best, trainer.device)
             print(f"{cfg.data.test} ({best}): BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  TER {result['ter']:.2f}")
             print(f"sacrebleu signature: {result['bleu_signature']}")
+        distributed.barrier(env)  # no process tears down its connections while another still uses them
         return 130 if summary["reason"] == "interrupted" else 0
     except USER_ERRORS as err:
         return _fail("seq2seq-train", err, args.debug)
@@ -66,7 +67,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def average_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="seq2seq-average", description="Average the weights of checkpoints.")
+    parser = OneLineParser(prog="seq2seq-average", description="Average the weights of checkpoints.")
     parser.add_argument("inputs", nargs="+", help="checkpoint files, or one run's checkpoints/ folder")
     parser.add_argument("-o", "--output", required=True, help="file to write")
     parser.add_argument("--last", type=int, default=0, help="with a folder: average its last N step checkpoints")

@@ -59,6 +59,9 @@ class TrainConfig:
             raise ValueError(f"device={self.device!r}: expected auto, cpu or cuda")
         if self.model.share_embeddings and not self.vocab.joint:
             raise ValueError("model.share_embeddings needs vocab.joint: true")
+        if self.data.max_len + 1 > self.model.max_positions:  # + EOS (source) or BOS (decoder input)
+            raise ValueError(f"data.max_len={self.data.max_len} needs model.max_positions >= {self.data.max_len + 1},"
+                             f" got {self.model.max_positions}")
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:

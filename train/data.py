@@ -22,9 +22,11 @@ class Encoded:
         return [len(s) for s in self.src], [len(t) for t in self.tgt]
 
 
-def encode(vocab: Vocabularies, corpus: Parallel, eos_id: int) -> Encoded:
-    return Encoded([s + [eos_id] for s in vocab.src.encode_batch(corpus.src)],
-                   [t + [eos_id] for t in vocab.tgt.encode_batch(corpus.tgt)])
+def encode(vocab: Vocabularies, corpus: Parallel, eos_id: int, max_len: int | None = None) -> Encoded:
+    """Ids + EOS per side; max_len cuts longer sequences (validation data is never dropped,
+    but the model cannot read past its positions)."""
+    return Encoded([s[:max_len] + [eos_id] for s in vocab.src.encode_batch(corpus.src)],
+                   [t[:max_len] + [eos_id] for t in vocab.tgt.encode_batch(corpus.tgt)])
 
 
 def clean_training(enc: Encoded, cfg: DataConfig) -> tuple[Encoded, dict]:

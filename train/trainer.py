@@ -46,7 +46,7 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, log=print):
+    def __init__(self, cfg: TrainConfig, log=tqdm.write):  # tqdm.write keeps messages off the bar
         self.cfg, self.log = cfg, log
         kind = pick_device(cfg.device, 0).type
         self.env = distributed.init(kind)
@@ -62,7 +62,7 @@ class Trainer:
             cfg.model, src_vocab_size=self.vocab.src.vocab_size, tgt_vocab_size=self.vocab.tgt.vocab_size
         )
         self.train_data, dropped = clean_training(encode(self.vocab, train_raw, self.model_cfg.eos_id), cfg.data)
-        self.valid_data = encode(self.vocab, self.valid_raw, self.model_cfg.eos_id)
+        self.valid_data = encode(self.vocab, self.valid_raw, self.model_cfg.eos_id, self.model_cfg.max_positions - 1)
         self._info(f"train: {len(train_raw)} pairs from {train_raw.name}, kept {len(self.train_data.src)}, dropped {dropped}")
         self._info(f"valid: {len(self.valid_raw)} pairs from {self.valid_raw.name}")
 
@@ -152,11 +152,11 @@ class Trainer:
 
     # -- one update ---------------------------------------------------------------------------
 
-    def _plan(self, epoch: int) -> list[list[int]]:
+    def plan(self, epoch: int) -> list[list[int]]:
         src_lens, tgt_lens = self.train_data.lengths()
         return batch_plan(src_lens, tgt_lens, self.cfg.optim.max_tokens, self.cfg.seed, epoch)
 
-    def _update(self, batches: list[list[int]], n_tokens: int) -> float:
+    def update(self, batches: list[list[int]], n_tokens: int) -> float:
         """One optimizer step over this process's micro-batches; returns the summed loss."""
         module = self.ddp or self.model
         module.train()
@@ -241,7 +241,7 @@ class Trainer:
         """Train until max_steps, max_epochs, patience or Ctrl-C; returns a summary."""
         o, per_update = self.cfg.optim, self.env.world_size * self.cfg.optim.accum_steps
         previous_handler = signal.signal(signal.SIGINT, self._request_stop)
-        plan = self._plan(self.epoch)
+        plan = self.plan(self.epoch)
         bar = tqdm(total=o.max_steps, initial=self.step, disable=not self.env.is_main, dynamic_ncols=True, unit="upd")
         reason, window_tokens, window_start, validated_at = "max_steps", 0, time.perf_counter(), self.step
         try:
@@ -251,11 +251,11 @@ class Trainer:
                     if o.max_epochs and self.epoch >= o.max_epochs:
                         reason = "max_epochs"
                         break
-                    plan = self._plan(self.epoch)
+                    plan = self.plan(self.epoch)
                 batches = plan[self.position : self.position + per_update]
                 n_tokens = sum(len(self.train_data.tgt[i]) for b in batches for i in b)
                 mine = batches[self.env.rank * o.accum_steps : (self.env.rank + 1) * o.accum_steps]
-                loss = distributed.all_sum(self.env, self._update(mine, n_tokens), self.device) / n_tokens
+                loss = distributed.all_sum(self.env, self.update(mine, n_tokens), self.device) / n_tokens
                 self.step, self.position = self.step + 1, self.position + per_update
                 window_tokens += n_tokens
                 if self.env.is_main:

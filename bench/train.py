@@ -1,0 +1,94 @@
+"""Training throughput of a recipe: tokens/s, and on GPU the model FLOPs utilisation (MFU).
+
+Builds the recipe's data, vocabulary and model as seq2seq-train does, then times optimizer
+updates on the recipe's own batches (after warm-up). Prints one JSON object.
+
+    python bench/train.py configs/multi30k_de_en_cpu.yaml
+    python bench/train.py configs/multi30k_de_en.yaml --peak-tflops 989   # H100 SXM dense bf16
+
+FLOPs are counted analytically: 2 per multiply-add of every matrix product a token goes
+through (projections, feed-forward, attention scores and values, output layer), times 3 for
+the forward and backward passes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.config import load_config  # noqa: E402
+from train.trainer import Trainer  # noqa: E402
+
+
+def forward_flops(cfg, src_lens: list[int], tgt_lens: list[int], src_width: int, tgt_width: int) -> float:
+    """Forward FLOPs of one padded batch (B rows, widths as the model sees them)."""
+    d, f = cfg.d_model, cfg.d_ff
+    rows = len(src_lens)
+    s_tok, t_tok = rows * src_width, rows * tgt_width  # padded positions are computed too
+    enc = cfg.n_encoder_layers * (s_tok * 2 * (4 * d * d + 2 * d * f) + rows * 4 * src_width * src_width * d)
+    dec = cfg.n_decoder_layers * (
+        t_tok * 2 * (6 * d * d + 2 * d * f)  # self q/k/v/out, cross q/out, feed-forward
+        + s_tok * 2 * 2 * d * d  # cross-attention k/v from the memory
+        + rows * 4 * tgt_width * (tgt_width + src_width) * d  # self and cross scores and values
+    )
+    return enc + dec + t_tok * 2 * d * cfg.tgt_vocab_size
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--updates", type=int, default=200, help="timed updates")
+    p.add_argument("--warmup", type=int, default=50, help="untimed updates first: new batch shapes pick kernels and grow the allocator")
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (GPU: bf16 dense)")
+    args = p.parse_intermixed_args()
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = load_config(args.config, [*args.overrides, f"run_dir={run_dir}"])
+        trainer = Trainer(cfg, log=lambda m: print(m, file=sys.stderr))
+        plan = trainer.plan(0)
+        per_update = cfg.optim.accum_steps
+        needed = (args.warmup + args.updates) * per_update
+        plan = (plan * (needed // len(plan) + 1))[:needed]
+        data, mc = trainer.train_data, trainer.model_cfg
+        sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+        tokens = tgt_tokens = flops = 0
+        for u in range(args.warmup + args.updates):
+            batches = plan[u * per_update : (u + 1) * per_update]
+            n_tgt = sum(len(data.tgt[i]) for b in batches for i in b)
+            if u == args.warmup:
+                sync()
+                start = time.perf_counter()
+            trainer.update(batches, n_tgt)
+            if u >= args.warmup:
+                tgt_tokens += n_tgt
+                tokens += n_tgt + sum(len(data.src[i]) for b in batches for i in b)
+                for b in batches:
+                    src_lens, tgt_lens = [len(data.src[i]) for i in b], [len(data.tgt[i]) for i in b]
+                    flops += 3 * forward_flops(mc, src_lens, tgt_lens, max(src_lens), max(tgt_lens))
+        sync()
+        seconds = time.perf_counter() - start
+    achieved = flops / seconds / 1e12
+    out = {
+        "benchmark": "train", "config": args.config, "overrides": args.overrides,
+        "device": torch.cuda.get_device_name() if trainer.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "precision": "bf16 autocast" if trainer.device.type == "cuda" else "fp32",
+        "params_m": round(sum(p.numel() for p in trainer.model.parameters()) / 1e6, 2),
+        "updates": args.updates, "max_tokens": cfg.optim.max_tokens, "accum_steps": cfg.optim.accum_steps,
+        "seconds": round(seconds, 3), "updates_per_s": round(args.updates / seconds, 2),
+        "tokens_per_s": round(tokens / seconds), "tgt_tokens_per_s": round(tgt_tokens / seconds),
+        "model_tflops_per_s": round(achieved, 3),
+    }
+    if args.peak_tflops:
+        out["mfu"] = round(achieved / args.peak_tflops, 4)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,5 +2,6 @@
 from infer.beam import beam_search
 from infer.greedy import greedy_search
 from infer.search import Hypothesis, SearchConfig
+from infer.translator import Translator
 
-__all__ = ["Hypothesis", "SearchConfig", "beam_search", "greedy_search"]
+__all__ = ["Hypothesis", "SearchConfig", "Translator", "beam_search", "greedy_search"]

@@ -9,7 +9,8 @@ def score(hypotheses: list[str], references: list[list[str]], lowercase: bool = 
     for refs in references:
         if len(refs) != len(hypotheses):
             raise ValueError(f"{len(hypotheses)} hypotheses but a reference stream of {len(refs)} lines")
-    bleu, chrf, ter = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase), TER(case_sensitive=not lowercase)
+    # TER is case-insensitive unless asked otherwise, as in sacrebleu itself.
+    bleu, chrf, ter = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase), TER()
     b, c, t = bleu.corpus_score(hypotheses, references), chrf.corpus_score(hypotheses, references), ter.corpus_score(hypotheses, references)
     return {
         "bleu": round(b.score, 2), "chrf": round(c.score, 2), "ter": round(t.score, 2),

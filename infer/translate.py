@@ -4,6 +4,8 @@ Shapes: B sentences in a batch, S source length.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from infer.beam import beam_search
@@ -14,30 +16,58 @@ from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 
 
-def encode_sources(vocab: Vocabularies, lines: list[str], max_positions: int, eos_id: int) -> list[list[int]]:
-    """Subword ids plus EOS, cut to what the model can attend to."""
-    return [ids[: max_positions - 1] + [eos_id] for ids in vocab.src.encode_batch(lines)]
+def encode_sources(
+    vocab: Vocabularies, lines: list[str], max_positions: int, eos_id: int,
+    on_truncate: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
+    """Subword ids plus EOS, cut to what the model can attend to; on_truncate(index, n_ids)
+    hears of every line that was cut."""
+    sources = []
+    for index, ids in enumerate(vocab.src.encode_batch(lines)):
+        if len(ids) > max_positions - 1:
+            if on_truncate is not None:
+                on_truncate(index, len(ids))
+            ids = ids[: max_positions - 1]
+        sources.append(ids + [eos_id])
+    return sources
 
 
 @torch.no_grad()
 def translate_ids(
-    model: Transformer, sources: list[list[int]], cfg: SearchConfig, max_tokens: int = 4096, greedy: bool = False
+    model: Transformer, sources: list[list[int]], cfg: SearchConfig, max_tokens: int = 4096, greedy: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[Hypothesis]]:
-    """Search every source (ids with EOS); per source, its n-best list, in input order."""
+    """Search every source (ids with EOS); per source, its n-best list, in input order.
+
+    Batches group sources of similar length. A batch that runs out of GPU memory is split in
+    two and retried, so no sentence is lost or reordered.
+    """
     device = next(model.parameters()).device
     lengths = [len(s) for s in sources]
     # Budget by source length and by the longest output the search may produce.
     out_lens = [min(cfg.max_len, int(cfg.max_len_a * n + cfg.max_len_b)) + 1 for n in lengths]
     results: list[list[Hypothesis]] = [[] for _ in sources]
-    rows_per_sentence = 1 if greedy else cfg.beam_size  # beams multiply the decoder's rows
-    for batch in batch_plan(lengths, out_lens, max(1, max_tokens // rows_per_sentence), 0, 0, shuffle=False):
+
+    def run(batch: list[int]) -> None:
         src = pad([sources[i] for i in batch], model.config.pad_id).to(device)
-        if greedy:
-            found = [[h] for h in greedy_search(model, src, cfg)]
-        else:
-            found = beam_search(model, src, cfg)
+        try:
+            found = [[h] for h in greedy_search(model, src, cfg)] if greedy else beam_search(model, src, cfg)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(batch) // 2
+            run(batch[:half])
+            run(batch[half:])
+            return
         for i, hyps in zip(batch, found):
             results[i] = hyps
+        if progress is not None:
+            progress(len(batch))
+
+    rows_per_sentence = 1 if greedy else cfg.beam_size  # beams multiply the decoder's rows
+    for batch in batch_plan(lengths, out_lens, max(1, max_tokens // rows_per_sentence), 0, 0, shuffle=False):
+        run(batch)
     return results
 
 

@@ -1,0 +1,181 @@
+"""Command lines: seq2seq-translate and seq2seq-evaluate, thin layers over Translator and score.
+
+Bad input of any kind ends with one line on stderr naming what was wrong and exit status 2
+(--debug shows the traceback instead); nothing is written to an output file unless the whole
+run succeeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import BinaryIO, TextIO
+
+from infer.evaluate import score
+from infer.search import LENGTH_NORMS
+from infer.textio import InputError, read_input, write_atomic
+from infer.translator import DTYPES
+from seq2seq.checkpoint import CheckpointError
+from seq2seq.config import ConfigError
+
+USER_ERRORS = (InputError, CheckpointError, ConfigError, ValueError, OSError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search")
+    g.add_argument("-b", "--beam-size", type=int, default=5, help="beam size (default 5)")
+    g.add_argument("--greedy", action="store_true", help="greedy search instead of beam search")
+    g.add_argument("--length-norm", choices=LENGTH_NORMS, default="average", help="hypothesis score normalisation (default average)")
+    g.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty exponent (default 0.6)")
+    g.add_argument("--max-len-a", type=float, default=1.5, help="at most a * source length + b output tokens (default 1.5)")
+    g.add_argument("--max-len-b", type=int, default=10, help="(default 10)")
+    g.add_argument("--max-len", type=int, default=256, help="hard cap on output tokens (default 256)")
+    g.add_argument("--min-len", type=int, default=0, help="no EOS before this many tokens (default 0)")
+    g.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch, beams included (default 4096)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    g.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights and activations (default fp32)")
+
+
+def _search_kwargs(args) -> dict:
+    return dict(beam_size=args.beam_size, greedy=args.greedy, length_norm=args.length_norm, alpha=args.alpha,
+                max_len_a=args.max_len_a, max_len_b=args.max_len_b, max_len=args.max_len, min_len=args.min_len,
+                max_tokens=args.max_tokens)
+
+
+def _load_translator(args):
+    from infer.translator import Translator  # deferred: usage errors answer before torch loads
+
+    return Translator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+
+
+def _run(prog: str, debug: bool, body) -> int:
+    try:
+        return body()
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+
+
+def translate_main(argv: list[str] | None = None, stdin: BinaryIO | None = None, stdout: TextIO | None = None) -> int:
+    p = OneLineParser(prog="seq2seq-translate", description="Translate text files or stdin with a checkpoint.")
+    p.add_argument("checkpoint", help="a checkpoint written by seq2seq-train (holds config and vocabulary)")
+    p.add_argument("inputs", nargs="*", default=["-"], help="text files, one sentence a line ('-' or none: stdin)")
+    p.add_argument("-o", "--output", help="write here instead of stdout (replaced only when the run succeeds)")
+    p.add_argument("--n-best", type=int, default=0, help="write N hypotheses per line as TSV: line, rank, score, text")
+    p.add_argument("-i", "--interactive", action="store_true", help="answer each stdin line as it arrives")
+    p.add_argument("--replace-invalid", action="store_true", help="translate undecodable bytes as U+FFFD instead of failing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    _add_search_options(p)
+    args = p.parse_intermixed_args(argv)
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout
+
+    def body() -> int:
+        if args.n_best < 0 or args.beam_size < 1:
+            raise ValueError("--n-best must be >= 0 and --beam-size >= 1")
+        if args.interactive:
+            if args.inputs != ["-"] or args.output:
+                raise ValueError("--interactive reads stdin and writes stdout: no input files or --output")
+            return _interactive(args, stdin, stdout)
+        sources = [(name, read_input(name, stdin, args.replace_invalid)) for name in args.inputs]
+        translator = _load_translator(args)
+        out_lines = []
+        for name, lines in sources:
+            out_lines += _translate_lines(translator, args, name, lines)
+        if args.output:
+            write_atomic(args.output, out_lines)
+        else:
+            stdout.writelines(line + "\n" for line in out_lines)
+            stdout.flush()
+        return 0
+
+    return _run(p.prog, args.debug, body)
+
+
+def _translate_lines(translator, args, name: str, lines: list[str]) -> list[str]:
+    """Output lines for one input: one per line, or n_best TSV rows per line."""
+    from tqdm import tqdm
+
+    def warn(index: int, n: int) -> None:
+        sys.stderr.write(f"seq2seq-translate: warning: {name}:{index + 1}: {n} subword tokens, "
+                         f"truncated to {translator.max_source_tokens}\n")
+
+    show = not args.quiet and name != "-"
+    with tqdm(total=len(lines), disable=not show, unit="sent", desc=name, file=sys.stderr, leave=False) as bar:
+        results = translator.translate(lines, n_best=args.n_best or None, on_truncate=warn, progress=bar.update,
+                                       **_search_kwargs(args))
+    if not args.n_best:
+        return results
+    return [f"{i}\t{rank}\t{s:.4f}\t{text}" for i, hyps in enumerate(results, 1) for rank, (text, s) in enumerate(hyps, 1)]
+
+
+def _interactive(args, stdin: BinaryIO, stdout: TextIO) -> int:
+    from infer.textio import decode_lines
+
+    translator = _load_translator(args)
+    number = 0
+    for raw in iter(stdin.readline, b""):
+        number += 1
+        (line,) = decode_lines(raw, f"<stdin>:{number}", args.replace_invalid) or [""]
+        args.quiet = True
+        for out in _translate_lines(translator, args, f"<stdin>:{number}", [line]):
+            stdout.write(out + "\n")
+        stdout.flush()
+    return 0
+
+
+def evaluate_main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
+    p = OneLineParser(prog="seq2seq-evaluate", description="Score translations with sacrebleu: BLEU, chrF, TER.",
+                      epilog="Either HYP REF [REF ...], or --checkpoint CKPT --source SRC REF [REF ...] to translate and score.")
+    p.add_argument("files", nargs="+", help="hypotheses then references, or only references with --checkpoint")
+    p.add_argument("--checkpoint", help="translate --source with this checkpoint, then score")
+    p.add_argument("--source", help="source text for --checkpoint")
+    p.add_argument("-o", "--output", help="with --checkpoint: also write the translations here")
+    p.add_argument("--lowercase", action="store_true", help="case-insensitive scores")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    _add_search_options(p)
+    args = p.parse_intermixed_args(argv)
+    stdout = stdout or sys.stdout
+
+    def body() -> int:
+        if args.checkpoint:
+            if not args.source:
+                raise ValueError("--checkpoint needs --source")
+            hyp_name, refs = args.source, args.files
+            source = read_input(args.source, sys.stdin.buffer)
+            hyps = _load_translator(args).translate(source, **_search_kwargs(args))
+            if args.output:
+                write_atomic(args.output, hyps)
+        else:
+            if len(args.files) < 2:
+                raise ValueError("give a hypothesis file and at least one reference file")
+            hyp_name, refs = args.files[0], args.files[1:]
+            hyps = read_input(hyp_name, sys.stdin.buffer)
+        ref_lines = [read_input(r, sys.stdin.buffer) for r in refs]
+        for name, lines in zip(refs, ref_lines):
+            if len(lines) != len(hyps):
+                raise InputError(f"{hyp_name} has {len(hyps)} lines but {name} has {len(lines)}")
+        result = score(hyps, ref_lines, lowercase=args.lowercase)
+        if args.json:
+            stdout.write(json.dumps(result) + "\n")
+        else:
+            for metric in ("bleu", "chrf", "ter"):
+                stdout.write(f"{metric.upper() if metric != 'chrf' else 'chrF'} = {result[metric]:.2f}  {result[metric + '_signature']}\n")
+        return 0
+
+    return _run(p.prog, args.debug, body)
+

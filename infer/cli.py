@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import BinaryIO, TextIO
 
@@ -58,6 +59,12 @@ def _load_translator(args):
 def _run(prog: str, debug: bool, body) -> int:
     try:
         return body()
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix filters do
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 141
     except USER_ERRORS as err:
         if debug:
             raise

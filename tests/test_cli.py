@@ -204,3 +204,63 @@ def test_any_unicode_lines_keep_count_and_order(checkpoint, lines):
     assert all(o == "" for i, o in zip(lines, outputs) if not i.strip())
     code, reversed_out, _ = run_translate([checkpoint, *FAST], stdin="".join(l + "\n" for l in lines[::-1]).encode())
     assert reversed_out.split("\n")[:-1] == outputs[:-1][::-1]
+
+
+def test_gpu_out_of_memory_splits_the_batch_and_keeps_every_line(checkpoint, mixed_input, monkeypatch):
+    """A batch of more than two sentences 'runs out of memory': it is halved until it fits."""
+    import infer.translate as translate_module
+
+    t = Translator.from_checkpoint(checkpoint)
+    kw = dict(beam_size=2, max_len_b=4, max_len=12)
+    expected = t.translate(mixed_input, **kw)
+    real_beam_search, sizes = translate_module.beam_search, []
+
+    def tight_memory(model, src, cfg):
+        if src.size(0) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        sizes.append(src.size(0))
+        return real_beam_search(model, src, cfg)
+
+    monkeypatch.setattr(translate_module, "beam_search", tight_memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    assert t.translate(mixed_input, **kw) == expected
+    assert max(sizes) <= 2 and sum(sizes) == sum(1 for line in mixed_input if line.strip())
+
+
+def test_checkpoint_with_a_bad_model_config_is_named(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    bad = tmp_path / "bad_config.pt"
+    torch.save({**ckpt, "model_config": {**ckpt["model_config"], "d_modle": 3}}, bad)
+    code, _, err = run_translate([bad, "-"], stdin=b"Ein Hund.\n")
+    assert code == 2
+    _one_line_error(err, "bad_config.pt: model_config.d_modle: unknown key")
+
+
+def test_closed_pipe_ends_quietly(checkpoint, capsys):
+    """The reader went away (`| head`): no error message, the status of a SIGPIPE."""
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    code = translate_main([str(checkpoint), *FAST], stdin=io.BytesIO(b"Ein Hund.\n"), stdout=ClosedPipe())
+    assert code == 141 and capsys.readouterr().err == ""
+
+
+def test_evaluate_with_several_references(tmp_path, multi30k_slice):
+    refs = (multi30k_slice / "val.en").read_text(encoding="utf-8").splitlines()
+    refs2 = [r.lower() for r in refs]
+    hyps = [r.lower() if i % 2 else r for i, r in enumerate(refs)]
+    for name, lines in [("hyp", hyps), ("ref1", refs), ("ref2", refs2)]:
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = io.StringIO()
+    assert evaluate_main([str(tmp_path / n) for n in ("hyp", "ref1", "ref2")] + ["--json"], stdout=out) == 0
+    got = json.loads(out.getvalue())
+    assert got["bleu"] == round(sacrebleu.corpus_bleu(hyps, [refs, refs2]).score, 2)
+    assert got["bleu_signature"].startswith("nrefs:2")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "infer", "translate", str(tmp_path / "missing.pt"), "--debug"],
+                          capture_output=True, text=True, cwd=ROOT, input="x\n")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr

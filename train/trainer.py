@@ -244,6 +244,7 @@ class Trainer:
         plan = self.plan(self.epoch)
         bar = tqdm(total=o.max_steps, initial=self.step, disable=not self.env.is_main, dynamic_ncols=True, unit="upd")
         reason, window_tokens, window_start, validated_at = "max_steps", 0, time.perf_counter(), self.step
+        log_loss, log_tokens = 0.0, 0
         try:
             while self.step < o.max_steps:
                 if self.position + per_update > len(plan):  # epoch over; a short tail is left out
@@ -255,17 +256,20 @@ class Trainer:
                 batches = plan[self.position : self.position + per_update]
                 n_tokens = sum(len(self.train_data.tgt[i]) for b in batches for i in b)
                 mine = batches[self.env.rank * o.accum_steps : (self.env.rank + 1) * o.accum_steps]
-                loss = distributed.all_sum(self.env, self.update(mine, n_tokens), self.device) / n_tokens
+                loss_sum = distributed.all_sum(self.env, self.update(mine, n_tokens), self.device)
                 self.step, self.position = self.step + 1, self.position + per_update
                 window_tokens += n_tokens
+                log_loss, log_tokens = log_loss + loss_sum, log_tokens + n_tokens
                 if self.env.is_main:
                     elapsed = time.perf_counter() - window_start
                     lr = self.scheduler.get_last_lr()[0]
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{window_tokens / elapsed:,.0f}", ep=self.epoch)
-                    if self.step % 10 == 0 or self.step == 1:
-                        self._append_metrics({"kind": "train", "step": self.step, "epoch": self.epoch, "loss": loss,
-                                              "lr": lr, "tokens_per_s": window_tokens / elapsed})
+                    bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", tok_s=f"{window_tokens / elapsed:,.0f}", ep=self.epoch)
+                    if self.step % 10 == 0 or self.step == 1:  # mean per target token since the last record
+                        self._append_metrics({"kind": "train", "step": self.step, "epoch": self.epoch,
+                                              "loss": log_loss / log_tokens, "lr": lr, "tokens_per_s": window_tokens / elapsed})
+                if self.step % 10 == 0 or self.step == 1:
+                    log_loss, log_tokens = 0.0, 0
                 if self.step % self.cfg.eval.every == 0:
                     validated_at = self.step
                     if self._validate_and_save():

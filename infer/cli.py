@@ -133,11 +133,11 @@ def _interactive(args, stdin: BinaryIO, stdout: TextIO) -> int:
     from infer.textio import decode_lines
 
     translator = _load_translator(args)
+    args.quiet = True  # answers, not progress, go to the terminal
     number = 0
     for raw in iter(stdin.readline, b""):
         number += 1
-        (line,) = decode_lines(raw, f"<stdin>:{number}", args.replace_invalid) or [""]
-        args.quiet = True
+        (line,) = decode_lines(raw, "<stdin>", args.replace_invalid, first_line=number) or [""]
         for out in _translate_lines(translator, args, f"<stdin>:{number}", [line]):
             stdout.write(out + "\n")
         stdout.flush()

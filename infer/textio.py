@@ -11,16 +11,17 @@ class InputError(ValueError):
     """Unusable input; the message names the file (and line)."""
 
 
-def decode_lines(data: bytes, name: str, replace_invalid: bool = False) -> list[str]:
+def decode_lines(data: bytes, name: str, replace_invalid: bool = False, first_line: int = 1) -> list[str]:
     """Split bytes into lines (a final newline ends the last line; a missing one does not drop
-    it) and decode UTF-8, naming the first undecodable line unless replace_invalid."""
+    it) and decode UTF-8, naming the first undecodable line (counted from first_line) unless
+    replace_invalid."""
     if not data:
         return []
     raw = data.split(b"\n")
     if raw[-1] == b"":
         raw.pop()
     lines = []
-    for number, line in enumerate(raw, 1):
+    for number, line in enumerate(raw, first_line):
         line = line[:-1] if line.endswith(b"\r") else line
         try:
             lines.append(line.decode("utf-8"))

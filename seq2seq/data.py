@@ -70,8 +70,9 @@ def read_lines(path: Path) -> list[str]:
 
 
 def _text_file(folder: Path, split: str, lang: str) -> Path:
-    plain = folder / f"{split}.{lang}"
-    return plain if plain.exists() or not plain.with_name(plain.name + ".gz").exists() else plain.with_name(plain.name + ".gz")
+    """{split}.{lang}, or {split}.{lang}.gz when only that exists."""
+    plain, zipped = folder / f"{split}.{lang}", folder / f"{split}.{lang}.gz"
+    return zipped if zipped.exists() and not plain.exists() else plain
 
 
 def load_split(cfg: DataConfig, split: str) -> Parallel:

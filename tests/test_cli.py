@@ -106,6 +106,9 @@ def test_translator_api_n_best(checkpoint):
 def test_interactive_answers_line_by_line(checkpoint):
     code, out, _ = run_translate([checkpoint, "-i", *FAST], stdin="Ein Hund.\n\nZwei Katzen.\n".encode())
     assert code == 0 and out.count("\n") == 3 and out.split("\n")[1] == ""
+    code, out, err = run_translate([checkpoint, "-i", *FAST], stdin=b"Ein Hund.\nZwei \xff Katzen.\n")
+    assert code == 2 and out.count("\n") == 1  # the first answer was already out
+    _one_line_error(err, "<stdin>:2: invalid UTF-8")
 
 
 def test_evaluate_matches_sacrebleu(tmp_path, multi30k_slice):

@@ -40,6 +40,7 @@ def test_overrides_reach_nested_sections():
         (["nonsense"], r"override 'nonsense': expected key=value"),
         (["model.share_embeddings=true", "vocab.joint=false"], "share_embeddings needs vocab.joint"),
         (["model.max_positions=32"], r"data.max_len=64 needs model.max_positions >= 65, got 32"),
+        (["eval.average_last=4"], r"average_last=4 needs keep_last >= 4, got 2"),
     ],
 )
 def test_bad_values_are_named(overrides, message):

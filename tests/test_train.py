@@ -42,7 +42,7 @@ def test_loss_falls_and_the_run_dir_is_complete(tmp_path, multi30k_slice):
     valid_losses = [r["valid_loss"] for r in records if r["kind"] == "valid"]
     assert train_losses[-1] < train_losses[0] - 1.0
     assert valid_losses[-1] < valid_losses[0]
-    for name in ("curves.png", "vocab.json", "checkpoints/best.pt", "checkpoints/last.pt"):
+    for name in ("curves.png", "vocab.json", "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/final.pt"):
         assert (run / name).exists(), name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -204,3 +204,28 @@ def test_average_cli(tmp_path, multi30k_slice, capsys):
     torch.testing.assert_close(avg[name], (a[name] + b[name]) / 2)
     assert average_main([str(tmp_path / "nothing.pt"), "-o", str(tmp_path / "x.pt")]) == 2
     assert "nothing.pt: no such checkpoint" in capsys.readouterr().err
+
+
+def test_final_checkpoint_is_the_better_of_best_and_averaged_on_validation(tmp_path, multi30k_slice):
+    run = tmp_path / "run"
+    Trainer(tiny(run, multi30k_slice, "optim.max_steps=40", "eval.every=10", "eval.keep_last=3",
+                    "eval.average_last=3")).train()
+    records = read_metrics(run)
+    best = max(r["bleu"] for r in records if r["kind"] == "valid")
+    (averaged,) = [r for r in records if r["kind"] == "valid_averaged"]
+    assert averaged["averaged"] == 3
+    chosen = "averaged.pt" if averaged["bleu"] > best else "best.pt"
+    ckpt = run / "checkpoints"
+    assert (ckpt / "final.pt").stat().st_ino == (ckpt / chosen).stat().st_ino
+
+
+def test_train_command_ends_with_the_test_score_and_signature(tmp_path, multi30k_slice, capsys):
+    run = tmp_path / "run"
+    args = [str(TINY), f"run_dir={run}", f"data.path={multi30k_slice}", "optim.max_steps=4", "eval.every=4",
+            "eval.search.max_len=8", "vocab.size=400"]
+    assert train_main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("test_2016_flickr (") and "final.pt): BLEU" in out[-2]
+    assert out[-1].startswith("sacrebleu signature: nrefs:1|case:mixed|")
+    hyps = (run / "test_2016_flickr.en.hyp").read_text(encoding="utf-8").split("\n")
+    assert len(hyps) == 21 and hyps[-1] == ""  # 20 test lines, each ended by a newline

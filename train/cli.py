@@ -53,9 +53,9 @@ def train_main(argv: list[str] | None = None) -> int:
         env = trainer.env
         summary = trainer.train()
         if env.is_main and summary["reason"] != "interrupted" and cfg.data.test and not args.no_test:
-            best = trainer.ckpt_dir / "best.pt"
-            result = evaluate_on_test(cfg, best, trainer.device)
-            print(f"{cfg.data.test} ({best}): BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  TER {result['ter']:.2f}")
+            final = trainer.ckpt_dir / "final.pt"
+            result = evaluate_on_test(cfg, final, trainer.device)
+            print(f"{cfg.data.test} ({final}): BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  TER {result['ter']:.2f}")
             print(f"sacrebleu signature: {result['bleu_signature']}")
         distributed.barrier(env)  # no process tears down its connections while another still uses them
         return 130 if summary["reason"] == "interrupted" else 0

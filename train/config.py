@@ -39,7 +39,13 @@ class EvalConfig:
     max_tokens: int = 8192  # padded source tokens per decoding batch
     patience: int = 0  # stop after this many validations without a better BLEU; 0: never
     keep_last: int = 5  # step checkpoints kept besides best.pt and last.pt
-    average_last: int = 0  # at the end, also average the last N step checkpoints into averaged.pt
+    average_last: int = 0  # at the end, average the last N step checkpoints; final.pt is whichever validates better
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.keep_last < 1:
+            raise ValueError(f"need every >= 1 and keep_last >= 1, got {self.every} and {self.keep_last}")
+        if self.average_last > self.keep_last:
+            raise ValueError(f"average_last={self.average_last} needs keep_last >= {self.average_last}, got {self.keep_last}")
 
 
 @dataclass(frozen=True)

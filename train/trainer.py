@@ -222,6 +222,24 @@ class Trainer:
                 self.log(f"early stop: no better validation BLEU in {self.bad_validations} validations")
         return distributed.broadcast(self.env, stop)
 
+    def _choose_final(self) -> None:
+        """final.pt: best.pt, or the average of the last step checkpoints if it scores a higher
+        validation BLEU. Chosen on validation data only; the test split is for final.pt."""
+        final = self.ckpt_dir / "best.pt"
+        n = self.cfg.eval.average_last
+        if n > 1 and len(self.step_checkpoints()) >= 2:
+            averaged = average(self.step_checkpoints()[-n:])
+            save_atomic(averaged, self.ckpt_dir / "averaged.pt")
+            self.model.load_state_dict(averaged["model"])  # training is over: the weights are free
+            metrics = self.validate()
+            self._append_metrics({"kind": "valid_averaged", "step": self.step, "averaged": len(averaged["averaged_from"]), **metrics})
+            self.log(f"averaged last {len(averaged['averaged_from'])} checkpoints: valid BLEU {metrics['bleu']:.2f}"
+                     f" (best single {self.best_bleu:.2f})")
+            if metrics["bleu"] > self.best_bleu:
+                final = self.ckpt_dir / "averaged.pt"
+        _link_atomic(final, self.ckpt_dir / "final.pt")
+        self.log(f"final checkpoint: {final.name}")
+
     def _append_metrics(self, record: dict) -> None:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as f:
@@ -288,8 +306,8 @@ class Trainer:
             self.save_checkpoint()
             self._info(f"saved {self.ckpt_dir / 'last.pt'} at step {self.step}; continue with resume=true")
         if self.env.is_main:
-            if self.cfg.eval.average_last > 1 and reason != "interrupted":
-                save_atomic(average(self.step_checkpoints()[-self.cfg.eval.average_last :]), self.ckpt_dir / "averaged.pt")
+            if reason != "interrupted":
+                self._choose_final()
             plot_metrics(self.metrics_path, self.run_dir / "curves.png")
         return {"reason": reason, "step": self.step, "epoch": self.epoch, "best_bleu": self.best_bleu}
 

@@ -6,7 +6,6 @@ Masks are boolean and broadcast to (B, H, T, L); True means "may attend".
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -6,7 +6,7 @@ import pytest
 
 from seq2seq.batching import batch_plan
 from seq2seq.data import DataConfig, DataError, clean_indices, load_split, read_lines
-from seq2seq.tokenizer import SPECIALS, Tokenizer, Vocabularies, VocabConfig
+from seq2seq.tokenizer import SPECIALS, Vocabularies, VocabConfig
 
 
 def test_text_pairs_and_gzip_read_alike(tmp_path, multi30k_slice):

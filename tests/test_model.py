@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from conftest import BOS, EOS, PAD, pad_batch, random_sentences, tiny_config, tiny_model
-from seq2seq import ModelConfig, Transformer
+from conftest import BOS, PAD, pad_batch, random_sentences, tiny_config, tiny_model
+from seq2seq import ModelConfig
 
 
 def padded_pair():

@@ -1,6 +1,5 @@
 """Searches on the cache equal the same searches recomputing the whole prefix."""
 import pytest
-import torch
 
 from conftest import PAD, pad_batch, random_sentences, tiny_model
 from infer import SearchConfig, beam_search, greedy_search

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import train.trainer as trainer_module
 from seq2seq.checkpoint import CheckpointError, average, load, save_atomic
 from train.cli import train_main
 from train.config import load_config

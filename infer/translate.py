@@ -1,4 +1,4 @@
-"""Translate lists of sentences in token-budget batches, returning results in input order.
+"""Search lists of encoded sentences in token-budget batches, returning results in input order.
 
 Shapes: B sentences in a batch, S source length.
 """
@@ -70,11 +70,3 @@ def translate_ids(
         run(batch)
     return results
 
-
-def translate(
-    model: Transformer, vocab: Vocabularies, lines: list[str], cfg: SearchConfig, max_tokens: int = 4096, greedy: bool = False
-) -> list[str]:
-    """Detokenized best translation of each line, in input order."""
-    sources = encode_sources(vocab, lines, model.config.max_positions, model.config.eos_id)
-    best = [hyps[0].tokens for hyps in translate_ids(model, sources, cfg, max_tokens, greedy)]
-    return vocab.tgt.decode_batch(best)

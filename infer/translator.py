@@ -56,6 +56,18 @@ class Translator:
             beam_size=1 if greedy else beam_size, n_best=n_best or 1, length_norm=length_norm, alpha=alpha,
             max_len_a=max_len_a, max_len_b=max_len_b, max_len=max_len, min_len=min_len,
         )
+        results = self.search(lines, cfg, greedy, max_tokens, on_truncate, progress)
+        return [r[0][0] for r in results] if n_best is None else results
+
+    def search(
+        self, lines: list[str], cfg: SearchConfig, greedy: bool = False, max_tokens: int = 4096,
+        on_truncate: Callable[[int, int], None] | None = None, progress: Callable[[int], None] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Per line, cfg.n_best (text, score) pairs, best first; an empty line gives [("", 0.0)].
+
+        on_truncate(index, n_ids) hears of each line cut to the model's positions;
+        progress(n) of each n lines done.
+        """
         todo = [i for i, line in enumerate(lines) if line.strip()]
         on_cut = None if on_truncate is None else (lambda j, n: on_truncate(todo[j], n))
         sources = encode_sources(self.vocab, [lines[i] for i in todo], self.model.config.max_positions,
@@ -67,4 +79,4 @@ class Translator:
             results[i] = [(_one_line(t), h.score) for t, h in zip(texts, hyps)]
         if progress is not None and len(todo) < len(lines):
             progress(len(lines) - len(todo))
-        return [r[0][0] for r in results] if n_best is None else results
+        return results

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from infer.cli import OneLineParser
 from infer.evaluate import score
-from infer.translate import translate
-from seq2seq.checkpoint import CheckpointError, average, load, model_from_checkpoint, save_atomic
+from infer.translator import Translator
+from seq2seq.checkpoint import CheckpointError, average, save_atomic
 from seq2seq.config import ConfigError
 from seq2seq.data import DataError, load_split
 from train import distributed
@@ -25,10 +25,9 @@ def _fail(prog: str, err: BaseException, debug: bool) -> int:
 
 def evaluate_on_test(cfg: TrainConfig, checkpoint: Path, device) -> dict:
     """Translate the test split with a checkpoint and score it (cased BLEU/chrF/TER)."""
-    model, vocab = model_from_checkpoint(load(checkpoint), checkpoint)
-    model.to(device)
+    translator = Translator.from_checkpoint(checkpoint, device=str(device))
     test = load_split(cfg.data, cfg.data.test)
-    hyps = translate(model, vocab, test.src, cfg.eval.search, cfg.eval.max_tokens)
+    hyps = [nbest[0][0] for nbest in translator.search(test.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens)]
     out = Path(cfg.run_dir) / f"{cfg.data.test}.{cfg.data.tgt_lang}.hyp"
     out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     return score(hyps, [test.tgt])

@@ -23,14 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from infer.evaluate import score
-from infer.translate import translate
+from infer.translator import Translator
 from seq2seq.batching import batch_plan
 from seq2seq.checkpoint import FORMAT, VERSION, CheckpointError, average, load, save_atomic
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 from train import distributed
 from train.config import TrainConfig, to_dict
-from train.data import Encoded, clean_training, encode, make_batch, read_splits
+from train.data import clean_training, encode, make_batch, read_splits
 from train.plot import plot_metrics
 from train.schedule import make_scheduler
 
@@ -198,7 +198,9 @@ class Trainer:
             logits = self.model(src, tgt_in)
             nll += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=mc.pad_id, reduction="sum").item()
             n_tokens += int((tgt_out != mc.pad_id).sum())
-        hyps = translate(self.model, self.vocab, self.valid_raw.src, self.cfg.eval.search, self.cfg.eval.max_tokens)
+        # The same path as seq2seq-translate, so validation BLEU is what users will get.
+        translator = Translator(self.model, self.vocab, str(self.device))
+        hyps = [nbest[0][0] for nbest in translator.search(self.valid_raw.src, self.cfg.eval.search, max_tokens=self.cfg.eval.max_tokens)]
         scores = score(hyps, [self.valid_raw.tgt])
         return {"valid_loss": nll / n_tokens, "valid_ppl": math.exp(min(nll / n_tokens, 50)), **scores}
 

@@ -6,31 +6,20 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from seq2seq.data import DataError
+from seq2seq.data import decode_lines as data_lines
+
 
 class InputError(ValueError):
     """Unusable input; the message names the file (and line)."""
 
 
 def decode_lines(data: bytes, name: str, replace_invalid: bool = False, first_line: int = 1) -> list[str]:
-    """Split bytes into lines (a final newline ends the last line; a missing one does not drop
-    it) and decode UTF-8, naming the first undecodable line (counted from first_line) unless
-    replace_invalid."""
-    if not data:
-        return []
-    raw = data.split(b"\n")
-    if raw[-1] == b"":
-        raw.pop()
-    lines = []
-    for number, line in enumerate(raw, first_line):
-        line = line[:-1] if line.endswith(b"\r") else line
-        try:
-            lines.append(line.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            if not replace_invalid:
-                raise InputError(f"{name}:{number}: invalid UTF-8 ({err.reason} at byte {err.start}); "
-                                 "--replace-invalid translates it with U+FFFD in place of the bad bytes") from None
-            lines.append(line.decode("utf-8", errors="replace"))
-    return lines
+    """seq2seq.data.decode_lines, its error pointing at the flag that works around it."""
+    try:
+        return data_lines(data, name, replace_invalid, first_line)
+    except DataError as err:
+        raise InputError(f"{err}; --replace-invalid translates it with U+FFFD in place of the bad bytes") from None
 
 
 def read_input(path: str, stdin: BinaryIO, replace_invalid: bool = False) -> list[str]:

@@ -49,24 +49,40 @@ class Parallel:
         return len(self.src)
 
 
-def read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 text file (optionally .gz) without their newline; errors name the line."""
-    opener = gzip.open if path.suffix == ".gz" else open
+def decode_lines(data: bytes, name: str, replace_invalid: bool = False, first_line: int = 1) -> list[str]:
+    """Split bytes into lines at "\n" only (a final newline ends the last line; a missing one
+    does not drop it; a trailing "\r" goes) and decode UTF-8. The first undecodable line
+    (counted from first_line) is an error naming it, unless replace_invalid."""
+    if not data:
+        return []
+    raw = data.split(b"\n")
+    if raw[-1] == b"":
+        raw.pop()
     lines = []
+    for number, line in enumerate(raw, first_line):
+        line = line[:-1] if line.endswith(b"\r") else line
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            if not replace_invalid:
+                raise DataError(f"{name}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
+            lines.append(line.decode("utf-8", errors="replace"))
+    return lines
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file (optionally .gz); errors name the file and line."""
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
-                try:
-                    lines.append(raw.decode("utf-8").rstrip("\r\n"))
-                except UnicodeDecodeError as err:
-                    raise DataError(f"{path}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
+            data = f.read()
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a file") from None
     except (OSError, EOFError) as err:  # a truncated or corrupt .gz
         raise DataError(f"{path}: cannot read: {err}") from None
-    return lines
+    return decode_lines(data, str(path))
 
 
 def _text_file(folder: Path, split: str, lang: str) -> Path:

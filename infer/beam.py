@@ -26,7 +26,7 @@ def beam_search(
     use_cache=False recomputes the whole prefix every step (the reference).
     """
     mc = model.config
-    max_lens = max_output_lengths(src, mc.pad_id, cfg, mc.max_positions)
+    max_lens = max_output_lengths((src != mc.pad_id).sum(dim=1), cfg, mc.max_positions)
     state = decoder_state(model, src, cfg.beam_size, int(max_lens.max()) + 1, use_cache)
     return run_beam(state, max_lens, cfg, mc.bos_id, mc.eos_id, banned=(mc.pad_id, mc.bos_id))
 

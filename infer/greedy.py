@@ -22,7 +22,7 @@ def greedy_search(
     whole prefix every step (the reference).
     """
     mc = model.config
-    max_lens = max_output_lengths(src, mc.pad_id, cfg, mc.max_positions)
+    max_lens = max_output_lengths((src != mc.pad_id).sum(dim=1), cfg, mc.max_positions)
     state = decoder_state(model, src, 1, int(max_lens.max()) + 1, use_cache)
     return run_greedy(state, max_lens, cfg, mc.bos_id, mc.eos_id, banned=(mc.pad_id, mc.bos_id))
 

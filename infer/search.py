@@ -49,13 +49,12 @@ class Hypothesis:
     log_prob: float  # sum of token log-probabilities, EOS included
 
 
-def max_output_lengths(src: Tensor, pad_id: int, cfg: SearchConfig, max_positions: int) -> Tensor:
-    """Per-sentence output budget, a * source_length + b, capped; src (B, S) -> (B,) long.
+def max_output_lengths(src_lengths: Tensor, cfg: SearchConfig, max_positions: int) -> Tensor:
+    """Per-sentence output budget, a * source_length + b, capped; src_lengths (B,) -> (B,) long.
 
     The decoder also needs one position for BOS, so the budget never exceeds max_positions - 1.
     """
-    src_len = (src != pad_id).sum(dim=1).double()
-    budget = torch.floor(cfg.max_len_a * src_len + cfg.max_len_b).long()
+    budget = torch.floor(cfg.max_len_a * src_lengths.double() + cfg.max_len_b).long()
     return budget.clamp(min=1, max=min(cfg.max_len, max_positions - 1))
 
 

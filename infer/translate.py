@@ -10,7 +10,7 @@ import torch
 
 from infer.beam import beam_search
 from infer.greedy import greedy_search
-from infer.search import Hypothesis, SearchConfig
+from infer.search import Hypothesis, SearchConfig, max_output_lengths
 from seq2seq.batching import batch_plan, pad
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
@@ -44,8 +44,8 @@ def translate_ids(
     """
     device = next(model.parameters()).device
     lengths = [len(s) for s in sources]
-    # Budget by source length and by the longest output the search may produce.
-    out_lens = [min(cfg.max_len, int(cfg.max_len_a * n + cfg.max_len_b)) + 1 for n in lengths]
+    # Budget by source length and by the decoder positions the search may fill (BOS + output).
+    out_lens = (max_output_lengths(torch.tensor(lengths), cfg, model.config.max_positions) + 1).tolist()
     results: list[list[Hypothesis]] = [[] for _ in sources]
 
     def run(batch: list[int]) -> None:

@@ -22,7 +22,7 @@ def test_copy_model_sentences_finish_at_different_steps(copy_model, copy_batch):
     cfg = SearchConfig(max_len_a=2.0, max_len_b=5)
     hyps = greedy_search(copy_model, copy_batch, cfg)
     lengths = {len(h.tokens) for h in hyps}
-    budgets = max_output_lengths(copy_batch, PAD, cfg, 64).tolist()
+    budgets = max_output_lengths((copy_batch != PAD).sum(dim=1), cfg, 64).tolist()
     assert len(lengths) > 2
     assert all(len(h.tokens) < b for h, b in zip(hyps, budgets))
 
@@ -86,7 +86,7 @@ def test_length_limits_hold(search):
     model = tiny_model(src_vocab_size=12, tgt_vocab_size=12)
     src = pad_batch(random_sentences(5, 1, 8, 12, seed=6))
     cfg = SearchConfig(beam_size=3, n_best=3, max_len_a=0.5, max_len_b=3, max_len=5, min_len=2)
-    budgets = max_output_lengths(src, PAD, cfg, 64).tolist()
+    budgets = max_output_lengths((src != PAD).sum(dim=1), cfg, 64).tolist()
     assert max(budgets) == 5  # the hard cap binds for the longest sources
     if search == "greedy":
         outputs = [[h] for h in greedy_search(model, src, cfg)]

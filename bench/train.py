@@ -61,7 +61,7 @@ def main() -> None:
         tokens = tgt_tokens = flops = 0
         for u in range(args.warmup + args.updates):
             batches = plan[u * per_update : (u + 1) * per_update]
-            n_tgt = sum(len(data.tgt[i]) for b in batches for i in b)
+            n_tgt = trainer.target_tokens(batches)
             if u == args.warmup:
                 sync()
                 start = time.perf_counter()

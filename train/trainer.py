@@ -156,6 +156,10 @@ class Trainer:
         src_lens, tgt_lens = self.train_data.lengths()
         return batch_plan(src_lens, tgt_lens, self.cfg.optim.max_tokens, self.cfg.seed, epoch)
 
+    def target_tokens(self, batches: list[list[int]]) -> int:
+        """Target tokens (EOS included) in these batches: what an update's loss is divided by."""
+        return sum(len(self.train_data.tgt[i]) for b in batches for i in b)
+
     def update(self, batches: list[list[int]], n_tokens: int) -> float:
         """One optimizer step over this process's micro-batches; returns the summed loss."""
         module = self.ddp or self.model
@@ -274,7 +278,7 @@ class Trainer:
                         break
                     plan = self.plan(self.epoch)
                 batches = plan[self.position : self.position + per_update]
-                n_tokens = sum(len(self.train_data.tgt[i]) for b in batches for i in b)
+                n_tokens = self.target_tokens(batches)
                 mine = batches[self.env.rank * o.accum_steps : (self.env.rank + 1) * o.accum_steps]
                 loss_sum = distributed.all_sum(self.env, self.update(mine, n_tokens), self.device)
                 self.step, self.position = self.step + 1, self.position + per_update

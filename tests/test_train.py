@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from infer.evaluate import score
 from seq2seq.checkpoint import CheckpointError, average, load, save_atomic
 from train.cli import train_main
 from train.config import load_config
@@ -32,9 +33,10 @@ def read_metrics(run_dir):
     return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_falls_and_the_run_dir_is_complete(tmp_path, multi30k_slice):
+@pytest.mark.parametrize("objective", ["optim.rdrop_alpha=0", "optim.rdrop_alpha=1"])
+def test_loss_falls_and_the_run_dir_is_complete(tmp_path, multi30k_slice, objective):
     run = tmp_path / "run"
-    summary = Trainer(tiny(run, multi30k_slice, "optim.max_steps=60", "eval.every=30")).train()
+    summary = Trainer(tiny(run, multi30k_slice, "optim.max_steps=60", "eval.every=30", objective)).train()
     assert summary["reason"] == "max_steps" and summary["step"] == 60
     records = read_metrics(run)
     train_losses = [r["loss"] for r in records if r["kind"] == "train"]
@@ -224,7 +226,13 @@ def test_train_command_ends_with_the_test_score_and_signature(tmp_path, multi30k
             "eval.search.max_len=8", "vocab.size=400"]
     assert train_main(args) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-2].startswith("test_2016_flickr (") and "final.pt): BLEU" in out[-2]
-    assert out[-1].startswith("sacrebleu signature: nrefs:1|case:mixed|")
+    assert out[-3].startswith("test_2016_flickr (") and "final.pt): BLEU" in out[-3]
+    assert out[-2].startswith("sacrebleu signature: nrefs:1|case:mixed|")
     hyps = (run / "test_2016_flickr.en.hyp").read_text(encoding="utf-8").split("\n")
     assert len(hyps) == 21 and hyps[-1] == ""  # 20 test lines, each ended by a newline
+    refs = (multi30k_slice / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()
+    lower = score(hyps[:-1], [refs], lowercase=True)
+    assert out[-1] == f"lowercased: BLEU {lower['bleu']:.2f}  chrF {lower['chrf']:.2f}  ({lower['bleu_signature']})"
+    assert "case:lc" in out[-1]
+    valid = [r for r in read_metrics(run) if r["kind"] == "valid"]
+    assert valid and all("bleu_lc" in r and "chrf_lc" in r for r in valid)

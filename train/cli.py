@@ -23,14 +23,14 @@ def _fail(prog: str, err: BaseException, debug: bool) -> int:
     return 2
 
 
-def evaluate_on_test(cfg: TrainConfig, checkpoint: Path, device) -> dict:
-    """Translate the test split with a checkpoint and score it (cased BLEU/chrF/TER)."""
+def evaluate_on_test(cfg: TrainConfig, checkpoint: Path, device) -> tuple[dict, dict]:
+    """Translate the test split with a checkpoint and score it, cased and lowercased."""
     translator = Translator.from_checkpoint(checkpoint, device=str(device))
     test = load_split(cfg.data, cfg.data.test)
     hyps = [nbest[0][0] for nbest in translator.search(test.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens)]
     out = Path(cfg.run_dir) / f"{cfg.data.test}.{cfg.data.tgt_lang}.hyp"
     out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    return score(hyps, [test.tgt])
+    return score(hyps, [test.tgt]), score(hyps, [test.tgt], lowercase=True)
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -53,9 +53,10 @@ def train_main(argv: list[str] | None = None) -> int:
         summary = trainer.train()
         if env.is_main and summary["reason"] != "interrupted" and cfg.data.test and not args.no_test:
             final = trainer.ckpt_dir / "final.pt"
-            result = evaluate_on_test(cfg, final, trainer.device)
-            print(f"{cfg.data.test} ({final}): BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  TER {result['ter']:.2f}")
-            print(f"sacrebleu signature: {result['bleu_signature']}")
+            cased, lower = evaluate_on_test(cfg, final, trainer.device)
+            print(f"{cfg.data.test} ({final}): BLEU {cased['bleu']:.2f}  chrF {cased['chrf']:.2f}  TER {cased['ter']:.2f}")
+            print(f"sacrebleu signature: {cased['bleu_signature']}")
+            print(f"lowercased: BLEU {lower['bleu']:.2f}  chrF {lower['chrf']:.2f}  ({lower['bleu_signature']})")
         distributed.barrier(env)  # no process tears down its connections while another still uses them
         return 130 if summary["reason"] == "interrupted" else 0
     except USER_ERRORS as err:

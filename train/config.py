@@ -8,18 +8,21 @@ from infer.search import SearchConfig
 from seq2seq.config import ConfigError, ModelConfig, apply_overrides, build_config, load_yaml
 from seq2seq.data import DataConfig
 from seq2seq.tokenizer import VocabConfig
+from train.schedule import SCHEDULES
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 7e-4  # peak learning rate, reached at the end of warmup
-    warmup_steps: int = 4000  # linear warmup, then decay with the inverse square root of the step
+    warmup_steps: int = 4000  # linear warmup, then the schedule's decay
+    schedule: str = "inverse_sqrt"  # inverse_sqrt (Vaswani et al.) | cosine (to zero at max_steps)
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-8
     weight_decay: float = 0.0
     clip_norm: float = 1.0  # gradient norm clipping; 0 turns it off
     label_smoothing: float = 0.1
+    rdrop_alpha: float = 0.0  # R-Drop: weight of the KL between two dropout passes; 0 turns it off
     max_tokens: int = 4096  # padded tokens per micro-batch, per process
     accum_steps: int = 1  # micro-batches per update, per process
     max_steps: int = 10000  # updates
@@ -30,6 +33,10 @@ class OptimConfig:
             raise ValueError("need lr > 0, warmup_steps >= 0, max_tokens >= 1 and accum_steps >= 1")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.rdrop_alpha < 0:
+            raise ValueError(f"rdrop_alpha={self.rdrop_alpha} must be >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Command lines: seq2seq-translate and seq2seq-evaluate, thin layers over Translator and score.
+"""Command lines: seq2seq-translate, seq2seq-evaluate and seq2seq-export, thin layers over Translator,
+score and the exporters.
 
 Bad input of any kind ends with one line on stderr naming what was wrong and exit status 2
 (--debug shows the traceback instead); nothing is written to an output file unless the whole
@@ -186,3 +187,24 @@ def evaluate_main(argv: list[str] | None = None, stdout: TextIO | None = None) -
 
     return _run(p.prog, args.debug, body)
 
+
+
+def export_main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
+    p = OneLineParser(prog="seq2seq-export", description="Export a checkpoint for another toolkit.",
+                      epilog="hf-marian: a directory that transformers loads with MarianMTModel.from_pretrained and "
+                             "AutoTokenizer.from_pretrained (post-norm relu/gelu models only).")
+    p.add_argument("checkpoint", help="a checkpoint written by seq2seq-train")
+    p.add_argument("outdir", help="directory to write (created if missing; files in it are replaced)")
+    p.add_argument("--format", choices=["hf-marian"], default="hf-marian", help="target format (default hf-marian)")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    args = p.parse_intermixed_args(argv)
+    stdout = stdout or sys.stdout
+
+    def body() -> int:
+        from seq2seq.marian import export_marian  # deferred: usage errors answer before torch loads
+
+        out = export_marian(args.checkpoint, args.outdir)
+        stdout.write(f"wrote {out} (MarianMTModel, {args.format})\n")
+        return 0
+
+    return _run(p.prog, args.debug, body)

@@ -5,6 +5,7 @@ vocabularies travel inside it, so a checkpoint alone is enough to translate.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tempfile
@@ -61,6 +62,12 @@ def load(path: str | Path, map_location="cpu") -> dict:
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {ckpt.get('version')}, this seq2seq reads version {VERSION}")
     return ckpt
+
+
+def inference_state(model: Transformer, vocab: Vocabularies) -> dict:
+    """The part of a checkpoint that inference reads: format, weights, model config, vocabularies."""
+    return {"format": FORMAT, "version": VERSION, "model": model.state_dict(),
+            "model_config": dataclasses.asdict(model.config), "vocab": vocab.to_dict()}
 
 
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> tuple[Transformer, Vocabularies]:

@@ -66,6 +66,17 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
+    def placeholder(cls, size: int) -> "Tokenizer":
+        """Specials plus pieces named t4, t5, ...: a vocabulary for models with random weights
+        (benchmarks, tests), which decode ids rather than text."""
+        vocab = {token: i for i, token in enumerate(SPECIALS)}
+        vocab.update({f"t{i}": i for i in range(len(SPECIALS), size)})
+        hf = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        hf.add_special_tokens(list(SPECIALS))
+        return cls(hf)
+
+    @classmethod
     def from_str(cls, json_str: str) -> "Tokenizer":
         return cls(HFTokenizer.from_str(json_str))
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from infer.evaluate import score
 from infer.translator import Translator
 from seq2seq.batching import batch_plan
-from seq2seq.checkpoint import FORMAT, VERSION, CheckpointError, average, load, save_atomic
+from seq2seq.checkpoint import CheckpointError, average, inference_state, load, save_atomic
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 from train import distributed
@@ -117,9 +117,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
-            "format": FORMAT, "version": VERSION,
-            "model": self.model.state_dict(), "model_config": dataclasses.asdict(self.model_cfg),
-            "vocab": self.vocab.to_dict(), "train_config": to_dict(self.cfg),
+            **inference_state(self.model, self.vocab), "train_config": to_dict(self.cfg),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "step": self.step, "epoch": self.epoch, "position": self.position, "rng": rng,
             "best_bleu": self.best_bleu, "bad_validations": self.bad_validations,

@@ -13,6 +13,7 @@ import torch
 
 from infer.search import SearchConfig
 from infer.translate import encode_sources, translate_ids
+from seq2seq import packed
 from seq2seq.checkpoint import load, model_from_checkpoint
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
@@ -38,7 +39,12 @@ class Translator:
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu", dtype: str = "fp32") -> "Translator":
         model, vocab = model_from_checkpoint(load(path), path)
-        return cls(model, vocab, device, dtype)
+        translator = cls(model, vocab, device, dtype)
+        # The model is ours alone, so on CPU in fp32 its weights can be repacked for oneDNN
+        # (seq2seq/packed.py): same outputs, fewer seconds per token.
+        if translator.device.type == "cpu" and dtype == "fp32" and packed.available():
+            packed.pack_for_cpu(translator.model)
+        return translator
 
     @property
     def max_source_tokens(self) -> int:

@@ -1,0 +1,33 @@
+"""oneDNN-packed weights: the same logits and the same cached search results as the plain model."""
+import copy
+
+import pytest
+import torch
+
+from infer.beam import beam_search
+from infer.greedy import greedy_search
+from infer.search import SearchConfig
+from seq2seq import packed
+from tests.conftest import pad_batch, random_sentences, tiny_model
+
+pytestmark = pytest.mark.skipif(not packed.available(), reason="no oneDNN in this PyTorch build")
+
+
+@pytest.mark.parametrize("variant", [dict(share_embeddings=True), dict(tie_output=False, activation="gelu", norm="pre")])
+def test_packed_model_gives_the_same_logits_and_hypotheses(variant):
+    plain = tiny_model(seed=2, **variant)
+    fast = packed.pack_for_cpu(copy.deepcopy(plain))
+    assert not any(isinstance(m, torch.nn.Linear) for m in fast.modules())
+    src = pad_batch(random_sentences(5, 2, 9, 24, seed=3))
+    tgt_in = pad_batch([[1] + s[:-1] for s in random_sentences(5, 2, 7, 24, seed=4)])
+    with torch.no_grad():
+        assert torch.allclose(plain(src, tgt_in), fast(src, tgt_in), atol=1e-5)
+    cfg = SearchConfig(beam_size=3, max_len_a=0.0, max_len_b=8, max_len=8)
+    assert [h.tokens for h in greedy_search(plain, src, cfg)] == [h.tokens for h in greedy_search(fast, src, cfg)]
+    assert ([[h.tokens for h in n] for n in beam_search(plain, src, cfg)]
+            == [[h.tokens for h in n] for n in beam_search(fast, src, cfg)])
+
+
+def test_packing_refuses_what_it_cannot_serve():
+    with pytest.raises(ValueError, match="fp32 model on CPU"):
+        packed.pack_for_cpu(tiny_model().to(torch.bfloat16))

@@ -93,3 +93,74 @@ class LayerCache:
         kv[0, :, :, start:end] = k
         kv[1, :, :, start:end] = v
         return kv[0, :, :, :end], kv[1, :, :, :end]  # (N, H, t + T, Dh)
+
+    def self_mask(self, t_new: int) -> Tensor | None:
+        """Which of the t + T keys each new position may see: all of them for one new token;
+        for several, the prefix and themselves, not later ones. Called after append."""
+        if t_new == 1:
+            return None
+        t_all = self.cache.length + t_new
+        return torch.ones(t_new, t_all, dtype=torch.bool, device=self.cache.self_kv.device).tril(t_all - t_new)
+
+
+class StaticCache:
+    """A decoder cache whose every step has the same shapes and reads no host value, so the step
+    can be captured once as a CUDA graph and replayed: the position is a device tensor, new K/V
+    are written at it by index, and self-attention spans the whole buffer under a mask of the
+    positions written so far. Greedy search only (rows are never reordered or dropped).
+
+    self_kv (Y, 2, N, H, M, Dh) and cross_kv (Y, 2, B, H, S, Dh) as in DecoderCache.
+    """
+
+    def __init__(self, self_kv: Tensor, cross_kv: Tensor, src_mask: Tensor):
+        self.self_kv, self.cross_kv, self.src_mask = self_kv, cross_kv, src_mask
+        self.length = torch.zeros(1, dtype=torch.long, device=self_kv.device)  # next position to write
+        self.key_positions = torch.arange(self_kv.size(4), device=self_kv.device)
+
+    @classmethod
+    def allocate(cls, cross_kv: Tensor, src_mask: Tensor, max_len: int) -> "StaticCache":
+        y, _, b, h, _, dh = cross_kv.shape
+        return cls(cross_kv.new_zeros(y, 2, b, h, max_len, dh), cross_kv, src_mask)
+
+    @property
+    def capacity(self) -> int:
+        return self.self_kv.size(4)
+
+    def load(self, cross_kv: Tensor, src_mask: Tensor) -> None:
+        """Start a new batch of the same shape in the same buffers (a captured graph reads them)."""
+        self.cross_kv.copy_(cross_kv)
+        self.src_mask.copy_(src_mask)
+        self.length.zero_()
+
+    def layer(self, index: int) -> "StaticLayerCache":
+        return StaticLayerCache(self, index)
+
+    def advance(self, n: int) -> None:
+        self.length.add_(n)
+
+
+class StaticLayerCache:
+    """One decoder layer's view of a StaticCache."""
+
+    def __init__(self, cache: StaticCache, index: int):
+        self.cache = cache
+        self.index = index
+
+    @property
+    def cross_kv(self) -> tuple[Tensor, Tensor]:
+        kv = self.cache.cross_kv[self.index]
+        return kv[0], kv[1]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write one position's k/v (N, H, 1, Dh) at the cache's position; return the whole buffers.
+        The caller keeps steps within capacity: a device-side position cannot be checked without a sync."""
+        if k.size(2) != 1:
+            raise ValueError("a static cache takes one new position a step")
+        kv = self.cache.self_kv[self.index]
+        kv[0].index_copy_(2, self.cache.length, k)
+        kv[1].index_copy_(2, self.cache.length, v)
+        return kv[0], kv[1]  # (N, H, M, Dh)
+
+    def self_mask(self, t_new: int) -> Tensor:
+        """(1, 1, 1, M): the positions written so far, this step's included."""
+        return (self.cache.key_positions <= self.cache.length)[None, None, None, :]

@@ -36,9 +36,12 @@ class Embedding(nn.Module):
     def weight(self) -> Tensor:
         return self.tokens.weight
 
-    def forward(self, tokens: Tensor, offset: int = 0) -> Tensor:
-        """tokens (B, T) at positions offset..offset+T-1 -> (B, T, D)."""
+    def forward(self, tokens: Tensor, offset: int | Tensor = 0) -> Tensor:
+        """tokens (B, T) at positions offset..offset+T-1 -> (B, T, D). A (1,) tensor offset, one
+        token a step, reads its position by index, so the step runs without a host value."""
         t = tokens.size(1)
+        if isinstance(offset, Tensor):
+            return self.dropout(self.tokens(tokens) * self.scale + self.positions.index_select(0, offset))
         if offset + t > self.positions.size(0):
             raise ValueError(
                 f"sequence of {offset + t} tokens exceeds max_positions={self.positions.size(0)}"

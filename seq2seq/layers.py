@@ -5,7 +5,6 @@ src_mask (B, 1, 1, S) is True at real source tokens.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -65,12 +64,8 @@ class DecoderLayer(nn.Module):
         k, v = self.self_attn.project_kv(h)  # newest positions only when cached
         if cache is None:
             return self.self_attn.attend(q, k, v, is_causal=True)
-        k, v = cache.append(k, v)  # now the whole prefix: (N, H, t + T, Dh)
-        t_new, t_all = q.size(2), k.size(2)
-        mask = None
-        if t_new > 1:  # several new positions: each sees the prefix and itself, not later ones
-            mask = torch.ones(t_new, t_all, dtype=torch.bool, device=q.device).tril(t_all - t_new)
-        return self.self_attn.attend(q, k, v, mask)
+        k, v = cache.append(k, v)  # the prefix so far, or the cache's whole fixed-size buffer
+        return self.self_attn.attend(q, k, v, cache.self_mask(q.size(2)))
 
     def _cross_attention(self, h: Tensor, memory: Tensor | None, src_mask: Tensor, cache: LayerCache | None) -> Tensor:
         # Cached decoding reads K/V projected once per sentence; training projects the memory.

@@ -25,35 +25,25 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode import decode  # noqa: E402  (bench/decode.py: our cached search at a forced length)
-from seq2seq import ModelConfig, Transformer  # noqa: E402
-from seq2seq.checkpoint import inference_state, save_atomic  # noqa: E402
-from seq2seq.marian import export_marian, exported_id  # noqa: E402
+from peers import IdMap, add_grid_options, export, grid, random_source, timed, transformer_base  # noqa: E402
 from seq2seq.packed import pack_for_cpu  # noqa: E402
-from seq2seq.tokenizer import Tokenizer, Vocabularies  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--lengths", default="32,128", help="forced output lengths")
-    p.add_argument("--batches", default="1,32")
-    p.add_argument("--beams", default="1,4", help="1 runs greedy search, more runs beam search")
-    p.add_argument("--src-len", type=int, default=32)
+    add_grid_options(p, batches="1,32")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per toolkit and cell; the median is reported")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--d-model", type=int, default=512)
-    p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for all three (default: every core)")
     return p.parse_args()
 
@@ -64,16 +54,9 @@ def build(args, workdir: Path):
     import transformers
     from ctranslate2.converters import TransformersConverter
 
-    cfg = ModelConfig(
-        src_vocab_size=args.vocab, tgt_vocab_size=args.vocab, d_model=args.d_model, n_heads=8,
-        n_encoder_layers=args.layers, n_decoder_layers=args.layers, d_ff=4 * args.d_model,
-        share_embeddings=True, dropout=0.0, norm="post", activation="relu", max_positions=512,
-    )
-    torch.manual_seed(0)
-    model = Transformer(cfg).eval()
-    vocab = Tokenizer.placeholder(args.vocab)
-    save_atomic(inference_state(model, Vocabularies(vocab, vocab)), workdir / "model.pt")
-    hf_dir = export_marian(workdir / "model.pt", workdir / "hf")
+    model = transformer_base(args.vocab, args.layers, args.d_model)
+    args.params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)  # before packing turns weights into buffers
+    hf_dir = export(model, workdir)
     pack_for_cpu(model)  # as Translator.from_checkpoint does on CPU in fp32
     ct2_dir = TransformersConverter(str(hf_dir)).convert(str(workdir / "ct2"), force=True)
     hf = transformers.MarianMTModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
@@ -93,26 +76,17 @@ def run_ours(model, src, length, beam):
     return [nbest[0][:length] for nbest in decode(model, src, length, beam, use_cache=True)]
 
 
-def run_hf(hf, hf_src, pad, length, beam, back):
+def run_hf(hf, hf_src, ids: IdMap, length, beam):
     with torch.inference_mode():
-        out = hf.generate(input_ids=hf_src, attention_mask=hf_src != pad, num_beams=beam, do_sample=False,
+        out = hf.generate(input_ids=hf_src, attention_mask=hf_src != ids.pad, num_beams=beam, do_sample=False,
                           min_new_tokens=length, max_new_tokens=length + 1, length_penalty=0.0)
-    return [back(row[1 : length + 1].tolist()) for row in out]  # row[0] is the decoder start
+    return [ids.back(row[1 : length + 1].tolist()) for row in out]  # row[0] is the decoder start
 
 
-def run_ct2(ct2, ct2_src, length, beam, tokenizer, back):
+def run_ct2(ct2, ct2_src, length, beam, tokenizer, ids: IdMap):
     results = ct2.translate_batch(ct2_src, beam_size=beam, min_decoding_length=length + 1,
                                   max_decoding_length=length + 1, length_penalty=0.0)
-    return [back(tokenizer.convert_tokens_to_ids(r.hypotheses[0][:length])) for r in results]
-
-
-def timed(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+    return [ids.back(tokenizer.convert_tokens_to_ids(r.hypotheses[0][:length])) for r in results]
 
 
 def main() -> None:
@@ -121,43 +95,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, hf, tokenizer, ct2, hf_version, ct2_version = build(args, Path(tmp))
         cfg = model.config
-        table = torch.tensor([exported_id(cfg, i) for i in range(cfg.tgt_vocab_size)])
-        inverse = torch.argsort(table)
-        back = lambda ids: inverse[torch.tensor(ids, dtype=torch.long)].tolist()  # noqa: E731
-
-        gen = torch.Generator().manual_seed(1)
-        max_batch = max(int(b) for b in args.batches.split(","))
-        all_src = torch.randint(4, args.vocab, (max_batch, args.src_len), generator=gen)
-        all_src[:, -1] = cfg.eos_id
-        hf_all = table[all_src]
+        ids = IdMap(cfg)
+        all_src = random_source(max(batch for _, batch, _ in grid(args)), args.src_len, args.vocab, cfg.eos_id)
+        hf_all = ids.to_export(all_src)
         ct2_all = [tokenizer.convert_ids_to_tokens(row.tolist()) for row in hf_all]
-        pad = exported_id(cfg, cfg.pad_id)
         # Warm-up: thread pools, allocators, kernel choices.
-        run_ours(model, all_src[:2], 4, 2), run_hf(hf, hf_all[:2], pad, 4, 2, back), run_ct2(ct2, ct2_all[:2], 4, 2, tokenizer, back)
+        run_ours(model, all_src[:2], 4, 2), run_hf(hf, hf_all[:2], ids, 4, 2), run_ct2(ct2, ct2_all[:2], 4, 2, tokenizer, ids)
 
         results = []
-        for length in (int(x) for x in args.lengths.split(",")):
-            for batch in (int(x) for x in args.batches.split(",")):
-                for beam in (int(x) for x in args.beams.split(",")):
-                    tokens = batch * length
-                    cell = {"search": "greedy" if beam == 1 else f"beam{beam}", "batch": batch, "length": length}
-                    s_ours, ours = timed(lambda: run_ours(model, all_src[:batch], length, beam), args.repeats)
-                    s_ct2, from_ct2 = timed(lambda: run_ct2(ct2, ct2_all[:batch], length, beam, tokenizer, back), args.repeats)
-                    s_hf, from_hf = timed(lambda: run_hf(hf, hf_all[:batch], pad, length, beam, back), args.repeats)
-                    for name, seconds in (("ours", s_ours), ("ctranslate2", s_ct2), ("hf", s_hf)):
-                        cell[name] = {"seconds": round(seconds, 4), "tgt_tokens_per_s": round(tokens / seconds, 1)}
-                    cell["ours_vs_ctranslate2"] = round(s_ct2 / s_ours, 2)
-                    cell["ours_vs_hf"] = round(s_hf / s_ours, 2)
-                    cell["same_tokens"] = {"ctranslate2": from_ct2 == ours, "hf": from_hf == ours}
-                    results.append(cell)
-                    print(json.dumps(cell), file=sys.stderr, flush=True)
+        for length, batch, beam in grid(args):
+            tokens = batch * length
+            cell = {"search": "greedy" if beam == 1 else f"beam{beam}", "batch": batch, "length": length}
+            s_ours, ours = timed(lambda: run_ours(model, all_src[:batch], length, beam), args.repeats)
+            s_ct2, from_ct2 = timed(lambda: run_ct2(ct2, ct2_all[:batch], length, beam, tokenizer, ids), args.repeats)
+            s_hf, from_hf = timed(lambda: run_hf(hf, hf_all[:batch], ids, length, beam), args.repeats)
+            for name, seconds in (("ours", s_ours), ("ctranslate2", s_ct2), ("hf", s_hf)):
+                cell[name] = {"seconds": round(seconds, 4), "tgt_tokens_per_s": round(tokens / seconds, 1)}
+            cell["ours_vs_ctranslate2"] = round(s_ct2 / s_ours, 2)
+            cell["ours_vs_hf"] = round(s_hf / s_ours, 2)
+            cell["same_tokens"] = {"ctranslate2": from_ct2 == ours, "hf": from_hf == ours}
+            results.append(cell)
+            print(json.dumps(cell), file=sys.stderr, flush=True)
 
     print(json.dumps({
         "benchmark": "decode_cpu", "device": cpu_name(), "dtype": "float32",
         "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
         "transformers": hf_version, "ctranslate2": ct2_version,
         "model": {"layers": f"{args.layers}+{args.layers}", "d_model": args.d_model, "heads": 8, "d_ff": 4 * args.d_model,
-                  "vocab": args.vocab, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1)},
+                  "vocab": args.vocab, "params_m": args.params_m},
         "src_len": args.src_len, "repeats": args.repeats, "results": results,
     }, indent=1))
 

@@ -20,49 +20,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from infer import SearchConfig, beam_search, greedy_search  # noqa: E402
 from infer.graphed import GraphedGreedy  # noqa: E402
+from peers import IdMap, add_grid_options, export, grid, random_source, timed, transformer_base  # noqa: E402
 from seq2seq import ModelConfig, Transformer  # noqa: E402
-from seq2seq.checkpoint import inference_state, save_atomic  # noqa: E402
-from seq2seq.marian import export_marian, exported_id  # noqa: E402
-from seq2seq.tokenizer import Tokenizer, Vocabularies  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--lengths", default="32,128", help="forced output lengths")
-    p.add_argument("--batches", default="1,32,128")
-    p.add_argument("--beams", default="1,4", help="1 runs greedy search, more runs beam search")
-    p.add_argument("--src-len", type=int, default=32)
+    add_grid_options(p, batches="1,32,128")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of ours per cell; the median is reported")
     p.add_argument("--hf-repeats", type=int, default=1, help="timed runs of HF per cell")
-    p.add_argument("--vocab", type=int, default=32000)
     return p.parse_args()
 
 
 def forced(length: int, beam: int) -> SearchConfig:
     return SearchConfig(beam_size=beam, length_norm="none", max_len_a=0.0, max_len_b=length, max_len=length, min_len=length)
-
-
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def copy_bandwidth() -> float:
@@ -92,29 +73,17 @@ def main() -> None:
     args = parse_args()
     import transformers
 
-    cfg = ModelConfig(
-        src_vocab_size=args.vocab, tgt_vocab_size=args.vocab, d_model=512, n_heads=8, n_encoder_layers=6,
-        n_decoder_layers=6, d_ff=2048, share_embeddings=True, dropout=0.0, norm="post", max_positions=512,
-    )
-    torch.manual_seed(0)
-    model32 = Transformer(cfg).eval()
+    model32 = transformer_base(args.vocab)
+    cfg = model32.config
     with tempfile.TemporaryDirectory() as tmp:
-        vocab = Tokenizer.placeholder(args.vocab)
-        save_atomic(inference_state(model32, Vocabularies(vocab, vocab)), Path(tmp) / "model.pt")
-        hf = transformers.MarianMTModel.from_pretrained(export_marian(Path(tmp) / "model.pt", Path(tmp) / "hf"),
-                                                        dtype=torch.bfloat16).cuda().eval()
+        hf = transformers.MarianMTModel.from_pretrained(export(model32, Path(tmp)), dtype=torch.bfloat16).cuda().eval()
     model32 = model32.cuda()
     model = Transformer(cfg).cuda().eval()
     model.load_state_dict(model32.state_dict())
     model = model.to(torch.bfloat16)
-    table = torch.tensor([exported_id(cfg, i) for i in range(cfg.tgt_vocab_size)], device="cuda")
-
-    gen = torch.Generator().manual_seed(1)
-    max_batch = max(int(b) for b in args.batches.split(","))
-    all_src = torch.randint(4, args.vocab, (max_batch, args.src_len), generator=gen)
-    all_src[:, -1] = cfg.eos_id
-    all_src = all_src.cuda()
-    pad = exported_id(cfg, cfg.pad_id)
+    ids = IdMap(cfg, device="cuda")
+    all_src = random_source(max(batch for _, batch, _ in grid(args)), args.src_len, args.vocab, cfg.eos_id).cuda()
+    sync = torch.cuda.synchronize
 
     def ours(src, length, beam, graphs):
         if beam == 1:
@@ -126,13 +95,13 @@ def main() -> None:
 
     def theirs(src, length, beam):
         with torch.inference_mode():
-            return hf.generate(input_ids=table[src], attention_mask=src != cfg.pad_id, num_beams=beam, do_sample=False,
-                               min_new_tokens=length, max_new_tokens=length + 1, length_penalty=0.0, pad_token_id=pad)
+            return hf.generate(input_ids=ids.to_export(src), attention_mask=src != cfg.pad_id, num_beams=beam, do_sample=False,
+                               min_new_tokens=length, max_new_tokens=length + 1, length_penalty=0.0, pad_token_id=ids.pad)
 
     # fp32 on the GPU: cached (graphed greedy, eager beam) == uncached reference.
     checks = {}
     with torch.inference_mode():
-        src = all_src[: min(32, max_batch)]
+        src = all_src[:32]
         graphed32 = GraphedGreedy(model32, src.size(0), src.size(1), forced(32, 1))
         checks["greedy_graphed_fp32_equals_uncached"] = (
             [h.tokens for h in graphed32.run(src)] == [h.tokens for h in greedy_search(model32, src, forced(32, 1), use_cache=False)])
@@ -147,24 +116,22 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     bound = bandwidth / step_weight_bytes(cfg, 2)
     results = []
-    for length in (int(x) for x in args.lengths.split(",")):
-        for batch in (int(x) for x in args.batches.split(",")):
-            for beam in (int(x) for x in args.beams.split(",")):
-                src = all_src[:batch]
-                tokens = batch * length
-                cell = {"search": "greedy" if beam == 1 else f"beam{beam}", "batch": batch, "length": length}
-                with torch.inference_mode():
-                    ours(src, length, beam, graphs)  # capture / warm this shape
-                    theirs(src, length, beam)  # and the same for HF
-                    s_ours, _ = timed(lambda: ours(src, length, beam, graphs), args.repeats)
-                    s_hf, _ = timed(lambda: theirs(src, length, beam), args.hf_repeats)
-                cell["ours"] = {"seconds": round(s_ours, 4), "tgt_tokens_per_s": round(tokens / s_ours, 1)}
-                cell["hf"] = {"seconds": round(s_hf, 4), "tgt_tokens_per_s": round(tokens / s_hf, 1)}
-                cell["ours_vs_hf"] = round(s_hf / s_ours, 2)
-                if batch == 1:
-                    cell["fraction_of_weight_read_bound"] = round(tokens / s_ours / bound, 3)
-                results.append(cell)
-                print(json.dumps(cell), file=sys.stderr, flush=True)
+    for length, batch, beam in grid(args):
+        src = all_src[:batch]
+        tokens = batch * length
+        cell = {"search": "greedy" if beam == 1 else f"beam{beam}", "batch": batch, "length": length}
+        with torch.inference_mode():
+            ours(src, length, beam, graphs)  # capture / warm this shape
+            theirs(src, length, beam)  # and the same for HF
+            s_ours, _ = timed(lambda: ours(src, length, beam, graphs), args.repeats, sync)
+            s_hf, _ = timed(lambda: theirs(src, length, beam), args.hf_repeats, sync)
+        cell["ours"] = {"seconds": round(s_ours, 4), "tgt_tokens_per_s": round(tokens / s_ours, 1)}
+        cell["hf"] = {"seconds": round(s_hf, 4), "tgt_tokens_per_s": round(tokens / s_hf, 1)}
+        cell["ours_vs_hf"] = round(s_hf / s_ours, 2)
+        if batch == 1:
+            cell["fraction_of_weight_read_bound"] = round(tokens / s_ours / bound, 3)
+        results.append(cell)
+        print(json.dumps(cell), file=sys.stderr, flush=True)
 
     print(json.dumps({
         "benchmark": "decode_gpu", "device": torch.cuda.get_device_name(), "dtype": "bfloat16",

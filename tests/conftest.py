@@ -73,3 +73,16 @@ def write_slice(folder: Path, sizes=None) -> Path:
 @pytest.fixture(scope="session")
 def multi30k_slice(tmp_path_factory) -> Path:
     return write_slice(tmp_path_factory.mktemp("multi30k"))
+
+
+def train_tiny(run_dir: Path, data: Path, *overrides: str) -> Path:
+    """Train configs/tiny.yaml for 30 updates on a data slice; returns its best.pt."""
+    from train.config import load_config
+    from train.trainer import Trainer
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", [
+        f"run_dir={run_dir}", f"data.path={data}", "optim.max_steps=30", "eval.every=30",
+        "eval.search.max_len=8", "vocab.size=400", *overrides,
+    ])
+    Trainer(cfg).train()
+    return Path(run_dir) / "checkpoints" / "best.pt"

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from infer import Translator
 from infer.cli import evaluate_main, translate_main
-from train.config import load_config
-from train.trainer import Trainer
+from tests.conftest import train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--max-len-b", "4", "--max-len", "12", "-b", "2", "--quiet"]
@@ -22,13 +21,7 @@ FAST = ["--max-len-b", "4", "--max-len", "12", "-b", "2", "--quiet"]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, multi30k_slice) -> Path:
-    run = tmp_path_factory.mktemp("cli") / "run"
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"run_dir={run}", f"data.path={multi30k_slice}", "optim.max_steps=30", "eval.every=30",
-        "eval.search.max_len=8", "vocab.size=400", "model.max_positions=96", "data.max_len=64",
-    ])
-    Trainer(cfg).train()
-    return run / "checkpoints" / "best.pt"
+    return train_tiny(tmp_path_factory.mktemp("cli") / "run", multi30k_slice, "model.max_positions=96", "data.max_len=64")
 
 
 def run_translate(args, stdin=b""):

@@ -1,7 +1,5 @@
 """HF Marian export: transformers loads it, computes our logits, and its greedy and beam
 generate return our token ids; models Marian cannot express are refused with the reason."""
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,10 +10,9 @@ from infer.search import SearchConfig
 from seq2seq.checkpoint import inference_state, save_atomic
 from seq2seq.marian import ExportError, export_marian, exported_id
 from seq2seq.tokenizer import Tokenizer, Vocabularies
-from tests.conftest import EOS, PAD, pad_batch, random_sentences, tiny_model
+from tests.conftest import EOS, PAD, pad_batch, random_sentences, tiny_model, train_tiny
 
 transformers = pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Renumber:
@@ -110,16 +107,7 @@ def test_hf_generate_returns_our_greedy_and_beam_tokens(tmp_path, copy_model):
 
 @pytest.fixture(scope="module")
 def trained_post_norm(tmp_path_factory, multi30k_slice):
-    from train.config import load_config
-    from train.trainer import Trainer
-
-    run = tmp_path_factory.mktemp("export") / "run"
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"run_dir={run}", f"data.path={multi30k_slice}", "optim.max_steps=30", "eval.every=30",
-        "eval.search.max_len=8", "vocab.size=400", "model.norm=post", "model.activation=gelu",
-    ])
-    Trainer(cfg).train()
-    return run / "checkpoints" / "best.pt"
+    return train_tiny(tmp_path_factory.mktemp("export") / "run", multi30k_slice, "model.norm=post", "model.activation=gelu")
 
 
 def test_export_cli_writes_what_auto_classes_load_and_translates_like_us(tmp_path, trained_post_norm, multi30k_slice, capsys):

@@ -11,10 +11,10 @@ reading the weights once a token (weight bytes per step / measured copy bandwidt
     python bench/decode_gpu.py                       # the issue's grid
     python bench/decode_gpu.py --batches 1 --lengths 32
 
-Ours: greedy runs infer.graphed.GraphedGreedy (one CUDA graph per step, no host sync but an
-"all finished?" check every 8 steps); beam runs infer.beam_search with the KV cache, eagerly.
-It also checks, in fp32, that our cached decoding (graphed greedy and eager beam) returns the
-same tokens as our uncached reference.
+Ours: infer.graphed.GraphedGreedy and GraphedBeam (one CUDA graph per step, no host sync but
+an "all done?" check every 8 steps). It also checks, in fp32, that our cached decoding (graphed
+greedy and beam, and the eager cached beam search) returns the same tokens as our uncached
+reference.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from infer import SearchConfig, beam_search, greedy_search  # noqa: E402
-from infer.graphed import GraphedGreedy  # noqa: E402
+from infer.graphed import GraphedBeam, GraphedGreedy  # noqa: E402
 from peers import IdMap, add_grid_options, export, grid, random_source, timed, transformer_base  # noqa: E402
 from seq2seq import ModelConfig, Transformer  # noqa: E402
 
@@ -86,29 +86,29 @@ def main() -> None:
     sync = torch.cuda.synchronize
 
     def ours(src, length, beam, graphs):
-        if beam == 1:
-            key = (src.size(0), length)
-            if key not in graphs:
-                graphs[key] = GraphedGreedy(model, src.size(0), src.size(1), forced(length, 1))
-            return [h.tokens for h in graphs[key].run(src)]
-        return [n[0].tokens for n in beam_search(model, src, forced(length, beam))]
+        key = (src.size(0), length, beam)
+        if key not in graphs:
+            cls = GraphedGreedy if beam == 1 else GraphedBeam
+            graphs[key] = cls(model, src.size(0), src.size(1), forced(length, beam))
+        result = graphs[key].run(src)
+        return [h.tokens for h in result] if beam == 1 else [n[0].tokens for n in result]
 
     def theirs(src, length, beam):
         with torch.inference_mode():
             return hf.generate(input_ids=ids.to_export(src), attention_mask=src != cfg.pad_id, num_beams=beam, do_sample=False,
                                min_new_tokens=length, max_new_tokens=length + 1, length_penalty=0.0, pad_token_id=ids.pad)
 
-    # fp32 on the GPU: cached (graphed greedy, eager beam) == uncached reference.
+    # fp32 on the GPU: cached (graphed greedy and beam, eager beam) == uncached reference.
     checks = {}
     with torch.inference_mode():
         src = all_src[:32]
-        graphed32 = GraphedGreedy(model32, src.size(0), src.size(1), forced(32, 1))
+        reference = [h.tokens for h in greedy_search(model32, src, forced(32, 1), use_cache=False)]
         checks["greedy_graphed_fp32_equals_uncached"] = (
-            [h.tokens for h in graphed32.run(src)] == [h.tokens for h in greedy_search(model32, src, forced(32, 1), use_cache=False)])
-        checks["beam4_cached_fp32_equals_uncached"] = (
-            [n[0].tokens for n in beam_search(model32, src, forced(32, 4))]
-            == [n[0].tokens for n in beam_search(model32, src, forced(32, 4), use_cache=False)])
-        del graphed32
+            [h.tokens for h in GraphedGreedy(model32, 32, src.size(1), forced(32, 1)).run(src)] == reference)
+        reference = [n[0].tokens for n in beam_search(model32, src, forced(32, 4), use_cache=False)]
+        checks["beam4_cached_fp32_equals_uncached"] = [n[0].tokens for n in beam_search(model32, src, forced(32, 4))] == reference
+        checks["beam4_graphed_fp32_equals_uncached"] = (
+            [n[0].tokens for n in GraphedBeam(model32, 32, src.size(1), forced(32, 4)).run(src)] == reference)
     print(json.dumps(checks), file=sys.stderr, flush=True)
 
     graphs: dict = {}

@@ -1,13 +1,15 @@
-"""Greedy search whose whole per-token step is one CUDA graph, replayed without host syncs.
+"""Greedy and beam search whose whole per-token step is one CUDA graph, replayed without host syncs.
 
 The step (embedding at a device-side position, every decoder layer on a StaticCache, the output
-projection, log-softmax, the output rules of search.constrain, argmax, bookkeeping) keeps the
-same shapes and reads no host value, so it is captured once per (rows, source length, budget)
-and replayed. Finished rows keep running (static shapes) but no longer change; the host asks
-"all finished?" only every `check_every` steps. The search it runs is run_greedy's: same tokens,
-log-probs and scores (tests compare them eagerly on CPU; bench/decode_gpu.py on the GPU).
+projection, log-softmax, the output rules of search.constrain, the search's own bookkeeping)
+keeps the same shapes and reads no host value, so it is captured once per (sentences, source
+length, budget) and replayed. Finished sentences keep running (static shapes) but no longer
+change their results; the host asks "all done?" only every `check_every` steps. The searches are
+run_greedy's and run_beam's: same tokens, log-probs and scores (tests compare them eagerly on
+CPU; bench/decode_gpu.py on the GPU).
 
-Shapes: B sentences (rows), S source length, M steps (budget + 1), V vocabulary.
+Shapes: B sentences, K beam size, N = B * K rows, S source length, M steps (budget + 1),
+V vocabulary, C = 2K candidates, F = n_best finished hypotheses kept per sentence.
 """
 from __future__ import annotations
 
@@ -19,57 +21,47 @@ from seq2seq.cache import StaticCache
 from seq2seq.model import Transformer
 
 
-class GraphedGreedy:
-    """One batch shape's captured step. Call run(src) for each batch of that shape."""
+class _Graphed:
+    """What both searches share: static buffers, the constrained log-probs, capture and the loop."""
 
-    def __init__(self, model: Transformer, batch: int, src_len: int, cfg: SearchConfig,
-                 use_graph: bool | None = None, check_every: int = 8):
+    def __init__(self, model: Transformer, batch: int, src_len: int, cfg: SearchConfig, beam_size: int,
+                 use_graph: bool | None, check_every: int):
         mc = model.config
-        self.model, self.cfg, self.check_every = model, cfg, check_every
-        device = next(model.parameters()).device
+        self.model, self.cfg, self.check_every, self.beam_size = model, cfg, check_every, beam_size
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = model.tgt_embed.positions.dtype
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
         self.steps = min(cfg.max_len, mc.max_positions - 1) + 1  # the longest budget, plus EOS
         self.banned = torch.tensor([mc.pad_id, mc.bos_id], device=device)
-        # Static inputs and outputs of the step, written in place.
-        cross = torch.zeros(mc.n_decoder_layers, 2, batch, mc.n_heads, src_len, mc.head_dim,
-                            device=device, dtype=next(model.parameters()).dtype)
-        self.cache = StaticCache.allocate(cross, torch.zeros(batch, 1, 1, src_len, dtype=torch.bool, device=device), self.steps)
-        self.last = torch.full((batch,), mc.bos_id, device=device)  # newest token of each row
-        self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)
-        self.out = torch.full((batch, self.steps), mc.pad_id, device=device)  # emitted tokens
-        self.log_probs = torch.zeros(batch, device=device)
-        self.ended_at = torch.full((batch,), -1, dtype=torch.long, device=device)  # step of EOS
+        cross = torch.zeros(mc.n_decoder_layers, 2, batch, mc.n_heads, src_len, mc.head_dim, device=device, dtype=dtype)
+        mask = torch.zeros(batch, 1, 1, src_len, dtype=torch.bool, device=device)
+        self.cache = StaticCache.allocate(cross, mask, self.steps, beam_size)
+        self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)  # per sentence
+        self.last = torch.full((batch * beam_size,), mc.bos_id, device=device)  # newest token of each row
         self.graph = None
 
-    def _reset(self) -> None:
-        mc = self.model.config
-        self.cache.length.zero_()
-        self.last.fill_(mc.bos_id)
-        self.out.fill_(mc.pad_id)
-        self.log_probs.zero_()
-        self.ended_at.fill_(-1)
-
-    def _step(self) -> None:
-        """One token for every row; everything stays on the device."""
+    def _log_probs(self, step: Tensor) -> Tensor:
+        """Next-token log-probs (N, V) under search.constrain's rules, without host values:
+        banned ids, no EOS before min_len, only EOS once a row's budget is spent."""
         mc, cfg = self.model.config, self.cfg
-        step = self.cache.length.clone()  # (1,): the index of the token this step emits (the cache advances it)
         logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1]  # advances the cache
         lp = torch.log_softmax(logits.float(), dim=-1)
-        # search.constrain without host values: banned ids, EOS not before min_len, only EOS at the budget.
         lp.index_fill_(1, self.banned, float("-inf"))
         eos_lp = lp[:, mc.eos_id].clone()
         lp[:, mc.eos_id] = torch.where(step < cfg.min_len, float("-inf"), eos_lp)
-        forced = (self.max_lens <= step).unsqueeze(1)  # (B, 1)
+        forced = (self.max_lens.repeat_interleave(self.beam_size) <= step).unsqueeze(1)  # (N, 1)
         only_eos = torch.full_like(lp, float("-inf"))
         only_eos[:, mc.eos_id] = eos_lp
-        lp = torch.where(forced, only_eos, lp)
-        best_lp, best = lp.max(dim=-1)
-        running = self.ended_at < 0
-        self.log_probs.add_(torch.where(running, best_lp, 0.0))
-        best = torch.where(running, best, mc.pad_id)
-        self.out.index_copy_(1, step, best.unsqueeze(1))
-        self.ended_at.copy_(torch.where(running & (best == mc.eos_id), step, self.ended_at))
-        self.last.copy_(torch.where(running, best, mc.eos_id))
+        return torch.where(forced, only_eos, lp)
+
+    def _length_penalty(self, length: Tensor) -> Tensor:
+        """SearchConfig.length_penalty on a device tensor of lengths (EOS included)."""
+        if self.cfg.length_norm == "average":
+            return length.float()
+        if self.cfg.length_norm == "gnmt":
+            return ((5.0 + length.float()) / 6.0) ** self.cfg.alpha
+        return torch.ones_like(length, dtype=torch.float32)
 
     def _capture(self) -> None:
         stream = torch.cuda.Stream()
@@ -83,23 +75,135 @@ class GraphedGreedy:
             self._step()
 
     @torch.inference_mode()
-    def run(self, src: Tensor) -> list[Hypothesis]:
-        """src (B, S) right-padded, of this object's shape -> one hypothesis per sentence."""
-        model, cfg = self.model, self.cfg
-        src_mask = model.padding_mask(src)
+    def run(self, src: Tensor):
+        """src (B, S) right-padded, of this object's shape -> the search's results."""
+        model, mc = self.model, self.model.config
         memory = model.encode(src)
         cross = torch.stack([torch.stack(layer.cross_attn.project_kv(memory)) for layer in model.decoder_layers])
-        self.cache.load(cross, src_mask)
-        self.max_lens.copy_(max_output_lengths((src != model.config.pad_id).sum(dim=1), cfg, model.config.max_positions))
+        self.cache.load(cross, model.padding_mask(src))
+        self.max_lens.copy_(max_output_lengths((src != mc.pad_id).sum(dim=1), self.cfg, mc.max_positions))
         if self.use_graph and self.graph is None:
             self._capture()
         self._reset()
         for t in range(self.steps):
             self.graph.replay() if self.use_graph else self._step()
-            if (t + 1) % self.check_every == 0 and bool((self.ended_at >= 0).all()):  # the only sync
+            if (t + 1) % self.check_every == 0 and bool(self._all_done()):  # the only sync
                 break
-        return self._hypotheses()
+        return self._results()
 
-    def _hypotheses(self) -> list[Hypothesis]:
+
+class GraphedGreedy(_Graphed):
+    """run_greedy as a captured step. GraphedGreedy(model, B, S, cfg).run(src) -> [Hypothesis] * B."""
+
+    def __init__(self, model: Transformer, batch: int, src_len: int, cfg: SearchConfig,
+                 use_graph: bool | None = None, check_every: int = 8):
+        super().__init__(model, batch, src_len, cfg, 1, use_graph, check_every)
+        device = self.last.device
+        self.out = torch.full((batch, self.steps), model.config.pad_id, device=device)  # emitted tokens
+        self.log_probs = torch.zeros(batch, device=device)
+        self.ended_at = torch.full((batch,), -1, dtype=torch.long, device=device)  # step of EOS
+
+    def _reset(self) -> None:
+        mc = self.model.config
+        self.cache.length.zero_()
+        self.last.fill_(mc.bos_id)
+        self.out.fill_(mc.pad_id)
+        self.log_probs.zero_()
+        self.ended_at.fill_(-1)
+
+    def _step(self) -> None:
+        mc = self.model.config
+        step = self.cache.length.clone()  # (1,): the index of the token this step emits
+        best_lp, best = self._log_probs(step).max(dim=-1)
+        running = self.ended_at < 0
+        self.log_probs.add_(torch.where(running, best_lp, 0.0))
+        best = torch.where(running, best, mc.pad_id)
+        self.out.index_copy_(1, step, best.unsqueeze(1))
+        self.ended_at.copy_(torch.where(running & (best == mc.eos_id), step, self.ended_at))
+        self.last.copy_(torch.where(running, best, mc.eos_id))
+
+    def _all_done(self) -> Tensor:
+        return (self.ended_at >= 0).all()
+
+    def _results(self) -> list[Hypothesis]:
         out, ended, log_probs = self.out.tolist(), self.ended_at.tolist(), self.log_probs.tolist()
         return [Hypothesis(row[:end], lp / self.cfg.length_penalty(end + 1), lp) for row, end, lp in zip(out, ended, log_probs)]
+
+
+class GraphedBeam(_Graphed):
+    """run_beam as a captured step. GraphedBeam(model, B, S, cfg).run(src) -> per sentence, up to
+    cfg.n_best hypotheses, best first. Rows are re-ranked by gathering whole buffers (fixed shapes)."""
+
+    def __init__(self, model: Transformer, batch: int, src_len: int, cfg: SearchConfig,
+                 use_graph: bool | None = None, check_every: int = 8):
+        super().__init__(model, batch, src_len, cfg, cfg.beam_size, use_graph, check_every)
+        device, k, f = self.last.device, cfg.beam_size, cfg.n_best
+        self.sentence = torch.arange(batch, device=device).unsqueeze(1)  # (B, 1)
+        self.history = torch.full((batch * k, self.steps), model.config.pad_id, device=device)  # tokens so far
+        self.scores = torch.zeros(batch, k, device=device)  # cumulative log-probs of live hypotheses
+        self.fin_scores = torch.zeros(batch, f, device=device)  # finished, best first; -inf = empty
+        self.fin_log_probs = torch.zeros(batch, f, device=device)
+        self.fin_lengths = torch.zeros(batch, f, dtype=torch.long, device=device)
+        self.fin_tokens = torch.zeros(batch, f, self.steps, dtype=torch.long, device=device)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.budget_penalty = torch.ones(batch, device=device)  # length penalty at each sentence's budget
+
+    def _reset(self) -> None:
+        mc = self.model.config
+        self.cache.length.zero_()
+        self.last.fill_(mc.bos_id)
+        self.history.fill_(mc.pad_id)
+        self.scores.fill_(float("-inf"))
+        self.scores[:, 0] = 0.0  # all beams start identical: let only the first expand
+        self.fin_scores.fill_(float("-inf"))
+        self.done.zero_()
+        self.budget_penalty.copy_(self._length_penalty(self.max_lens + 1))
+
+    def _step(self) -> None:
+        mc, k, f = self.model.config, self.beam_size, self.cfg.n_best
+        b, m = self.scores.size(0), self.steps
+        step = self.cache.length.clone()  # (1,): the index of the token this step emits
+        lp = self._log_probs(step)
+        vocab = lp.size(-1)
+        cand = (self.scores.unsqueeze(2) + lp.view(b, k, vocab)).view(b, k * vocab)
+        cand_scores, cand_ids = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, C), best first
+        cand_beam, cand_tok = cand_ids // vocab, cand_ids % vocab
+        is_eos = cand_tok == mc.eos_id
+
+        # EOS among the top K finishes a hypothesis, unless its sentence is already done; merge
+        # them after the kept ones and keep the best F, ties in that order (as run_beam's list).
+        ends = is_eos[:, :k] & torch.isfinite(cand_scores[:, :k]) & ~self.done.unsqueeze(1)  # (B, K)
+        new_scores = torch.where(ends, cand_scores[:, :k] / self._length_penalty(step + 1), float("-inf"))
+        prefix_rows = (self.sentence * k + cand_beam[:, :k]).view(-1)
+        new_tokens = self.history.index_select(0, prefix_rows).view(b, k, m)
+        merged = torch.cat([self.fin_scores, new_scores], dim=1)  # (B, F + K)
+        keep = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :f]
+        self.fin_scores.copy_(merged.gather(1, keep))
+        self.fin_log_probs.copy_(torch.cat([self.fin_log_probs, cand_scores[:, :k]], 1).gather(1, keep))
+        self.fin_lengths.copy_(torch.cat([self.fin_lengths, step.expand(b, k)], 1).gather(1, keep))
+        self.fin_tokens.copy_(torch.cat([self.fin_tokens, new_tokens], 1).gather(1, keep.unsqueeze(2).expand(b, f, m)))
+
+        # The best K non-EOS candidates stay live; a stable sort keeps their rank order.
+        order = torch.argsort(is_eos.int(), dim=1, stable=True)[:, :k]
+        self.scores.copy_(cand_scores.gather(1, order))
+        rows = (self.sentence * k + cand_beam.gather(1, order)).view(-1)
+        tokens = cand_tok.gather(1, order).view(-1)
+        self.history.copy_(self.history.index_select(0, rows))
+        self.history.index_copy_(1, step, tokens.unsqueeze(1))
+        self.cache.reorder(rows)
+        self.last.copy_(tokens)
+
+        # Done: budget spent, or F finished and no live hypothesis can still beat the worst of them.
+        live_best = self.scores[:, 0]
+        reachable = torch.where(live_best < 0, live_best / self.budget_penalty, live_best)
+        worst = self.fin_scores[:, f - 1]
+        self.done.logical_or_(torch.isfinite(worst) & (worst >= reachable) | (step >= self.max_lens))
+
+    def _all_done(self) -> Tensor:
+        return self.done.all()
+
+    def _results(self) -> list[list[Hypothesis]]:
+        scores, log_probs = self.fin_scores.tolist(), self.fin_log_probs.tolist()
+        lengths, tokens = self.fin_lengths.tolist(), self.fin_tokens.tolist()
+        return [[Hypothesis(toks[:n], s, lp) for s, lp, n, toks in zip(*row) if s != float("-inf")]
+                for row in zip(scores, log_probs, lengths, tokens)]

@@ -107,7 +107,7 @@ class StaticCache:
     """A decoder cache whose every step has the same shapes and reads no host value, so the step
     can be captured once as a CUDA graph and replayed: the position is a device tensor, new K/V
     are written at it by index, and self-attention spans the whole buffer under a mask of the
-    positions written so far. Greedy search only (rows are never reordered or dropped).
+    positions written so far. Rows are reordered whole and never dropped.
 
     self_kv (Y, 2, N, H, M, Dh) and cross_kv (Y, 2, B, H, S, Dh) as in DecoderCache.
     """
@@ -118,9 +118,9 @@ class StaticCache:
         self.key_positions = torch.arange(self_kv.size(4), device=self_kv.device)
 
     @classmethod
-    def allocate(cls, cross_kv: Tensor, src_mask: Tensor, max_len: int) -> "StaticCache":
+    def allocate(cls, cross_kv: Tensor, src_mask: Tensor, max_len: int, beam_size: int = 1) -> "StaticCache":
         y, _, b, h, _, dh = cross_kv.shape
-        return cls(cross_kv.new_zeros(y, 2, b, h, max_len, dh), cross_kv, src_mask)
+        return cls(cross_kv.new_zeros(y, 2, b * beam_size, h, max_len, dh), cross_kv, src_mask)
 
     @property
     def capacity(self) -> int:
@@ -137,6 +137,12 @@ class StaticCache:
 
     def advance(self, n: int) -> None:
         self.length.add_(n)
+
+    def reorder(self, rows: Tensor) -> None:
+        """Row i of every self-attention buffer becomes old row rows[i], whole buffers (fixed
+        shapes), one layer at a time so the temporary copy stays 1/Y of the cache."""
+        for layer_kv in self.self_kv:
+            layer_kv.copy_(layer_kv.index_select(1, rows))
 
 
 class StaticLayerCache:

@@ -43,3 +43,27 @@ def test_graphed_greedy_equals_run_greedy(case, copy_model):
             assert g.log_prob == pytest.approx(r.log_prob, abs=1e-5) and g.score == pytest.approx(r.score, abs=1e-5)
     if case == "copy":
         assert len({len(h.tokens) for h in reference}) > 1
+
+
+@pytest.mark.parametrize("case", ["copy", "copy_nbest_gnmt", "budget_average", "min_len_none"])
+def test_graphed_beam_equals_run_beam(case, copy_model):
+    from infer.beam import beam_search
+    from infer.graphed import GraphedBeam
+
+    if case.startswith("copy"):  # hypotheses end by EOS at different steps; sentences stop early
+        model, src = copy_model, pad_batch(random_sentences(6, 1, 6, 12, seed=3))
+        cfg = SearchConfig(beam_size=4, n_best=3, length_norm="gnmt") if case == "copy_nbest_gnmt" else SearchConfig(beam_size=3)
+    else:  # a random model: hypotheses run to their budgets
+        model = tiny_model(seed=4)
+        src = pad_batch(random_sentences(5, 2, 9, 24, seed=5))
+        cfg = SearchConfig(beam_size=3, n_best=2, max_len_a=1.0, max_len_b=2, min_len=3 if case == "min_len_none" else 0,
+                           length_norm="none" if case == "min_len_none" else "average")
+    reference = beam_search(model, src, cfg)
+    graphed = GraphedBeam(model, src.size(0), src.size(1), cfg, use_graph=False, check_every=3)
+    for _ in range(2):  # the second batch reuses the buffers
+        got = graphed.run(src)
+        assert [[h.tokens for h in n] for n in got] == [[h.tokens for h in n] for n in reference]
+        for g_n, r_n in zip(got, reference):
+            for g, r in zip(g_n, r_n):
+                assert g.log_prob == pytest.approx(r.log_prob, abs=1e-5) and g.score == pytest.approx(r.score, abs=1e-5)
+    assert any(len(n) > 1 for n in reference) or cfg.n_best == 1

@@ -31,3 +31,17 @@ def test_packed_model_gives_the_same_logits_and_hypotheses(variant):
 def test_packing_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="fp32 model on CPU"):
         packed.pack_for_cpu(tiny_model().to(torch.bfloat16))
+
+
+def test_translator_from_checkpoint_packs_on_cpu_and_translates_the_same(tmp_path, multi30k_slice):
+    from infer.translator import Translator
+    from seq2seq.checkpoint import load, model_from_checkpoint
+    from tests.conftest import train_tiny
+
+    ckpt = train_tiny(tmp_path / "run", multi30k_slice)
+    fast = Translator.from_checkpoint(ckpt)
+    assert any(isinstance(m, packed.PackedLinear) for m in fast.model.modules())
+    plain = Translator(*model_from_checkpoint(load(ckpt), ckpt))
+    assert not any(isinstance(m, packed.PackedLinear) for m in plain.model.modules())
+    lines = (multi30k_slice / "val.de").read_text(encoding="utf-8").splitlines()[:10]
+    assert fast.translate(lines, beam_size=3, max_len=12) == plain.translate(lines, beam_size=3, max_len=12)

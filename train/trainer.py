@@ -13,7 +13,6 @@ import json
 import math
 import os
 import signal
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from train.config import TrainConfig, to_dict
 from train.data import clean_training, encode, make_batch, read_splits
 from train.loss import cross_entropy_sum, objective
 from train.plot import plot_metrics
+from train.progress import Progress
 from train.schedule import make_scheduler
 
 
@@ -263,9 +263,8 @@ class Trainer:
         o, per_update = self.cfg.optim, self.env.world_size * self.cfg.optim.accum_steps
         previous_handler = signal.signal(signal.SIGINT, self._request_stop)
         plan = self.plan(self.epoch)
-        bar = tqdm(total=o.max_steps, initial=self.step, disable=not self.env.is_main, dynamic_ncols=True, unit="upd")
-        reason, window_tokens, window_start, validated_at = "max_steps", 0, time.perf_counter(), self.step
-        log_loss, log_tokens = 0.0, 0
+        progress = Progress(o.max_steps, self.step, self.env.is_main, self._append_metrics)
+        reason, validated_at = "max_steps", self.step
         try:
             while self.step < o.max_steps:
                 if self.position + per_update > len(plan):  # epoch over; a short tail is left out
@@ -279,31 +278,20 @@ class Trainer:
                 mine = batches[self.env.rank * o.accum_steps : (self.env.rank + 1) * o.accum_steps]
                 loss_sum = distributed.all_sum(self.env, self.update(mine, n_tokens), self.device)
                 self.step, self.position = self.step + 1, self.position + per_update
-                window_tokens += n_tokens
-                log_loss, log_tokens = log_loss + loss_sum, log_tokens + n_tokens
-                if self.env.is_main:
-                    elapsed = time.perf_counter() - window_start
-                    lr = self.scheduler.get_last_lr()[0]
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", tok_s=f"{window_tokens / elapsed:,.0f}", ep=self.epoch)
-                    if self.step % 10 == 0 or self.step == 1:  # mean per target token since the last record
-                        self._append_metrics({"kind": "train", "step": self.step, "epoch": self.epoch,
-                                              "loss": log_loss / log_tokens, "lr": lr, "tokens_per_s": window_tokens / elapsed})
-                if self.step % 10 == 0 or self.step == 1:
-                    log_loss, log_tokens = 0.0, 0
+                progress.update(self.step, self.epoch, loss_sum, n_tokens, self.scheduler.get_last_lr()[0])
                 if self.step % self.cfg.eval.every == 0:
                     validated_at = self.step
                     if self._validate_and_save():
                         reason = "patience"
                         break
-                    window_tokens, window_start = 0, time.perf_counter()
+                    progress.restart_window()
                 if self._interrupted():
                     reason = "interrupted"
                     break
             if validated_at != self.step and reason != "interrupted":
                 self._validate_and_save()
         finally:
-            bar.close()
+            progress.close()
             signal.signal(signal.SIGINT, previous_handler)
         if reason == "interrupted":
             self.save_checkpoint()

@@ -143,3 +143,24 @@ def test_models_marian_cannot_express_are_refused_with_the_reason(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "seq2seq-export: error:" in err and "norm='pre'" in err and "pre.pt" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_ctranslate2_conversion_of_the_export_decodes_greedy_like_us(tmp_path, copy_model):
+    """The README's CTranslate2 route; runs where ctranslate2 is installed (not in the test extra).
+    CTranslate2 starts the decoder from a zero vector and reads our position table, so this also
+    checks the start-token fold."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from ctranslate2.converters import TransformersConverter
+
+    model = _noisy(copy_model)
+    export(model, tmp_path)  # writes tmp_path / "hf"
+    ct2 = ctranslate2.Translator(TransformersConverter(str(tmp_path / "hf")).convert(str(tmp_path / "ct2")), device="cpu")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    src = pad_batch(random_sentences(32, 1, 6, 12, seed=7))
+    budget = 10  # CTranslate2 stops at the limit without EOS; ours emits EOS after `budget` tokens
+    ours = greedy_search(model, src, SearchConfig(beam_size=1, max_len_a=0.0, max_len_b=budget, max_len=budget))
+    ids = Renumber(model.config)
+    sources = [tok.convert_ids_to_tokens(ids([t for t in row if t != PAD])) for row in src.tolist()]
+    results = ct2.translate_batch(sources, beam_size=1, max_decoding_length=budget)
+    assert [ids.back(tok.convert_tokens_to_ids(r.hypotheses[0])) for r in results] == [h.tokens for h in ours]
+    assert len({len(h.tokens) for h in ours}) > 1  # sentences end by EOS at different steps

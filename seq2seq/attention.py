@@ -19,6 +19,9 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        # Inference may set one projection for q, k and v of self-attention (seq2seq.packed does):
+        # one weight read instead of three. Training never does; the three above stay the weights.
+        self.qkv_proj: nn.Module | None = None
 
     def _split_heads(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
@@ -31,6 +34,13 @@ class MultiHeadAttention(nn.Module):
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, L, D) -> k, v, each (B, H, L, Dh)."""
         return self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention: x (N, T, D) -> q, k, v, each (N, H, T, Dh)."""
+        if self.qkv_proj is None:
+            return (self.project_q(x), *self.project_kv(x))
+        q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
     def attend(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False
@@ -58,5 +68,8 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, kv_input: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """Plain attention of x (N, T, D) over kv_input (B, L, D)."""
-        k, v = self.project_kv(kv_input)
-        return self.attend(self.project_q(x), k, v, mask, is_causal)
+        if kv_input is x:
+            q, k, v = self.project_qkv(x)
+        else:
+            q, (k, v) = self.project_q(x), self.project_kv(kv_input)
+        return self.attend(q, k, v, mask, is_causal)

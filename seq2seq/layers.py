@@ -60,8 +60,7 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def _self_attention(self, h: Tensor, cache: LayerCache | None) -> Tensor:
-        q = self.self_attn.project_q(h)
-        k, v = self.self_attn.project_kv(h)  # newest positions only when cached
+        q, k, v = self.self_attn.project_qkv(h)  # newest positions only when cached
         if cache is None:
             return self.self_attn.attend(q, k, v, is_causal=True)
         k, v = cache.append(k, v)  # the prefix so far, or the cache's whole fixed-size buffer

@@ -38,13 +38,18 @@ class PackedLinear(nn.Module):
 
 
 def pack_for_cpu(model: Transformer) -> Transformer:
-    """Swap the model's linear layers (and its tied output projection) for packed ones, in place;
-    returns the model. Needs an fp32 model on CPU in eval mode, and oneDNN."""
+    """Swap the model's linear layers (and its tied output projection) for packed ones, and give
+    each attention one packed q/k/v projection for self-attention, in place; returns the model.
+    Needs an fp32 model on CPU, and oneDNN."""
     if not available():
         raise RuntimeError("this PyTorch build has no oneDNN packed linear kernels")
     if next(model.parameters()).device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
         raise ValueError("pack_for_cpu needs an fp32 model on CPU")
     with torch.no_grad():
+        for attn in [layer.self_attn for layer in [*model.encoder_layers, *model.decoder_layers]]:
+            # q, k and v of self-attention in one product: one call instead of three.
+            attn.qkv_proj = PackedLinear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                                         torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):

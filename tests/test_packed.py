@@ -18,6 +18,7 @@ def test_packed_model_gives_the_same_logits_and_hypotheses(variant):
     plain = tiny_model(seed=2, **variant)
     fast = packed.pack_for_cpu(copy.deepcopy(plain))
     assert not any(isinstance(m, torch.nn.Linear) for m in fast.modules())
+    assert all(layer.self_attn.qkv_proj is not None and layer.cross_attn.qkv_proj is None for layer in fast.decoder_layers)
     src = pad_batch(random_sentences(5, 2, 9, 24, seed=3))
     tgt_in = pad_batch([[1] + s[:-1] for s in random_sentences(5, 2, 7, 24, seed=4)])
     with torch.no_grad():

@@ -68,8 +68,9 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, kv_input: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """Plain attention of x (N, T, D) over kv_input (B, L, D)."""
-        if kv_input is x:
+        if kv_input is x and self.qkv_proj is not None:
             q, k, v = self.project_qkv(x)
-        else:
-            q, (k, v) = self.project_q(x), self.project_kv(kv_input)
+        else:  # k, v, then q: training's float results do not depend on which path exists
+            k, v = self.project_kv(kv_input)
+            q = self.project_q(x)
         return self.attend(q, k, v, mask, is_causal)

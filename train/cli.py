@@ -30,7 +30,7 @@ def evaluate_on_test(cfg: TrainConfig, checkpoint: Path, device) -> tuple[dict, 
     hyps = [nbest[0][0] for nbest in translator.search(test.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens)]
     out = Path(cfg.run_dir) / f"{cfg.data.test}.{cfg.data.tgt_lang}.hyp"
     out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    return score(hyps, [test.tgt]), score(hyps, [test.tgt], lowercase=True)
+    return score(hyps, [test.tgt]), score(hyps, [test.tgt], lowercase=True, with_ter=False)  # TER ignores case anyway
 
 
 def train_main(argv: list[str] | None = None) -> int:

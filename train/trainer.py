@@ -201,7 +201,7 @@ class Trainer:
         translator = Translator(self.model, self.vocab, str(self.device))
         hyps = [nbest[0][0] for nbest in translator.search(self.valid_raw.src, self.cfg.eval.search, max_tokens=self.cfg.eval.max_tokens)]
         scores = score(hyps, [self.valid_raw.tgt])
-        lower = score(hyps, [self.valid_raw.tgt], lowercase=True)  # comparable to papers that lowercase
+        lower = score(hyps, [self.valid_raw.tgt], lowercase=True, with_ter=False)  # comparable to papers that lowercase; TER ignores case anyway
         return {"valid_loss": nll / n_tokens, "valid_ppl": math.exp(min(nll / n_tokens, 50)), **scores,
                 "bleu_lc": lower["bleu"], "chrf_lc": lower["chrf"]}
 

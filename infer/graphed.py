@@ -28,9 +28,8 @@ class _Graphed:
                  use_graph: bool | None, check_every: int):
         mc = model.config
         self.model, self.cfg, self.check_every, self.beam_size = model, cfg, check_every, beam_size
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = model.tgt_embed.positions.dtype
+        positions = model.tgt_embed.positions  # follows the model's device and dtype (packed weights are buffers)
+        device, dtype = positions.device, positions.dtype
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
         self.steps = min(cfg.max_len, mc.max_positions - 1) + 1  # the longest budget, plus EOS
         self.banned = torch.tensor([mc.pad_id, mc.bos_id], device=device)

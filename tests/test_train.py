@@ -54,15 +54,18 @@ def _weights(run_dir):
 
 def _assert_same_training_state(a, b):
     assert a["step"] == b["step"] and a["position"] == b["position"] and a["epoch"] == b["epoch"]
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
+    for key in ("model", "trained_model"):  # trained_model: the raw weights beside an EMA
+        assert (key in a) == (key in b)
+        for name in a.get(key, {}):
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
     for (ka, sa), (kb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, multi30k_slice):
+@pytest.mark.parametrize("ema", ["optim.ema_decay=0", "optim.ema_decay=0.9"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, multi30k_slice, ema):
     # Small batches so the runs cross an epoch boundary; dropout on, so RNG state matters.
-    common = ["optim.max_tokens=256", "eval.every=5", "data.max_len=24"]
+    common = ["optim.max_tokens=256", "eval.every=5", "data.max_len=24", ema]
     Trainer(tiny(tmp_path / "straight", multi30k_slice, "optim.max_steps=14", *common)).train()
     Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=7", *common)).train()
     resumed = Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=14", "resume=true", *common))
@@ -94,6 +97,24 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, multi30k_slice
     monkeypatch.setattr(Trainer, "update", real_update)
     Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=6", "resume=true", *common)).train()
     _assert_same_training_state(_weights(tmp_path / "straight"), _weights(tmp_path / "split"))
+
+
+def test_ema_is_the_moving_average_that_validation_and_checkpoints_use(tmp_path, multi30k_slice):
+    trainer = Trainer(tiny(tmp_path / "run", multi30k_slice, "optim.ema_decay=0.9", "optim.max_steps=3", "eval.every=3"))
+    assert trainer.eval_model is trainer.ema
+    before = [p.detach().clone() for p in trainer.ema.parameters()]
+    plan = trainer.plan(0)
+    trainer.update(plan[:1], trainer.target_tokens(plan[:1]))
+    decay = min(0.9, 2 / 11)  # the warm-up decay after one update
+    for old, ema, new in zip(before, trainer.ema.parameters(), trainer.model.parameters()):
+        assert torch.allclose(ema, decay * old + (1 - decay) * new, atol=1e-6)
+    assert any(not torch.equal(e, m) for e, m in zip(trainer.ema.parameters(), trainer.model.parameters()))
+    trainer.train()
+    last = _weights(tmp_path / "run")
+    for name, tensor in trainer.ema.state_dict().items():
+        assert torch.equal(last["model"][name], tensor.cpu()), name
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(last["trained_model"][name], tensor.cpu()), name
 
 
 def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ class OptimConfig:
     clip_norm: float = 1.0  # gradient norm clipping; 0 turns it off
     label_smoothing: float = 0.1
     rdrop_alpha: float = 0.0  # R-Drop: weight of the KL between two dropout passes; 0 turns it off
+    ema_decay: float = 0.0  # > 0: validate, checkpoint and translate with an exponential moving average of the weights
     max_tokens: int = 4096  # padded tokens per micro-batch, per process
     accum_steps: int = 1  # micro-batches per update, per process
     max_steps: int = 10000  # updates
@@ -33,6 +34,8 @@ class OptimConfig:
             raise ValueError("need lr > 0, warmup_steps >= 0, max_tokens >= 1 and accum_steps >= 1")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
         if self.rdrop_alpha < 0:
             raise ValueError(f"rdrop_alpha={self.rdrop_alpha} must be >= 0")
         if self.schedule not in SCHEDULES:

@@ -8,6 +8,7 @@ the same whatever the number of processes.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -75,6 +76,10 @@ class Trainer:
             fused=self.device.type == "cuda",  # one kernel per step instead of one per tensor group: the loop is host-bound
         )
         self.scheduler = make_scheduler(self.optimizer, o.schedule, o.warmup_steps, o.max_steps)
+        # The weights that are validated, checkpointed for inference and averaged: the trained
+        # ones, or with optim.ema_decay their moving average, kept beside them in fp32.
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if o.ema_decay > 0 else None
+        self.eval_model = self.ema if self.ema is not None else self.model
         self.step, self.epoch, self.position = 0, 0, 0
         self.best_bleu, self.bad_validations = -1.0, 0
         self._stop_requested = False
@@ -116,15 +121,19 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        trained = {"trained_model": self.model.state_dict()} if self.ema is not None else {}
         return {
-            **inference_state(self.model, self.vocab), "train_config": to_dict(self.cfg),
+            **inference_state(self.eval_model, self.vocab), **trained, "train_config": to_dict(self.cfg),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "step": self.step, "epoch": self.epoch, "position": self.position, "rng": rng,
             "best_bleu": self.best_bleu, "bad_validations": self.bad_validations,
         }
 
     def _restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        # "model" holds the EMA weights when the run had one; a run that turns EMA on starts it there.
+        self.model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step, self.epoch, self.position = ckpt["step"], ckpt["epoch"], ckpt["position"]
@@ -181,24 +190,33 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.ema is not None:
+            self.update_ema(self.step + 1)
         return total.item()
+
+    @torch.no_grad()
+    def update_ema(self, updates: int) -> None:
+        """ema += (1 - d) * (weights - ema), with d = min(ema_decay, (1 + n) / (10 + n)) after n
+        updates, so early averages are not dominated by the random initialisation."""
+        d = min(self.cfg.optim.ema_decay, (1 + updates) / (10 + updates))
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - d)
 
     # -- validation ---------------------------------------------------------------------------
 
     @torch.no_grad()
     def validate(self) -> dict:
         """Validation NLL per target token, and BLEU of the project's cached beam search."""
-        self.model.eval()
+        model = self.eval_model.eval()
         mc = self.model_cfg
         src_lens, tgt_lens = self.valid_data.lengths()
         nll, n_tokens = 0.0, 0
         for indices in batch_plan(src_lens, tgt_lens, self.cfg.optim.max_tokens, 0, 0, shuffle=False):
             src, tgt_in, tgt_out = (t.to(self.device) for t in make_batch(self.valid_data, indices, mc.pad_id, mc.bos_id))
-            logits = self.model(src, tgt_in)
+            logits = model(src, tgt_in)
             nll += cross_entropy_sum(logits, tgt_out, mc.pad_id, 0.0).item()
             n_tokens += int((tgt_out != mc.pad_id).sum())
         # The same path as seq2seq-translate, so validation BLEU is what users will get.
-        translator = Translator(self.model, self.vocab, str(self.device))
+        translator = Translator(model, self.vocab, str(self.device))
         hyps = [nbest[0][0] for nbest in translator.search(self.valid_raw.src, self.cfg.eval.search, max_tokens=self.cfg.eval.max_tokens)]
         scores = score(hyps, [self.valid_raw.tgt])
         lower = score(hyps, [self.valid_raw.tgt], lowercase=True, with_ter=False)  # comparable to papers that lowercase; TER ignores case anyway
@@ -233,7 +251,7 @@ class Trainer:
         if n > 1 and len(self.step_checkpoints()) >= 2:
             averaged = average(self.step_checkpoints()[-n:])
             save_atomic(averaged, self.ckpt_dir / "averaged.pt")
-            self.model.load_state_dict(averaged["model"])  # training is over: the weights are free
+            self.eval_model.load_state_dict(averaged["model"])  # training is over: the weights are free
             metrics = self.validate()
             self._append_metrics({"kind": "valid_averaged", "step": self.step, "averaged": len(averaged["averaged_from"]), **metrics})
             self.log(f"averaged last {len(averaged['averaged_from'])} checkpoints: valid BLEU {metrics['bleu']:.2f}"

@@ -104,7 +104,7 @@ class GraphedGreedy(_Graphed):
 
     def _reset(self) -> None:
         mc = self.model.config
-        self.cache.length.zero_()
+        self.cache.reset()
         self.last.fill_(mc.bos_id)
         self.out.fill_(mc.pad_id)
         self.log_probs.zero_()
@@ -131,7 +131,8 @@ class GraphedGreedy(_Graphed):
 
 class GraphedBeam(_Graphed):
     """run_beam as a captured step. GraphedBeam(model, B, S, cfg).run(src) -> per sentence, up to
-    cfg.n_best hypotheses, best first. Rows are re-ranked by gathering whole buffers (fixed shapes)."""
+    cfg.n_best hypotheses, best first. Re-ranking gathers token histories and the cache's
+    ancestor table, never the K/V buffers."""
 
     def __init__(self, model: Transformer, batch: int, src_len: int, cfg: SearchConfig,
                  use_graph: bool | None = None, check_every: int = 8):
@@ -146,10 +147,13 @@ class GraphedBeam(_Graphed):
         self.fin_tokens = torch.zeros(batch, f, self.steps, dtype=torch.long, device=device)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.budget_penalty = torch.ones(batch, device=device)  # length penalty at each sentence's budget
+        mc = model.config
+        self.not_offered = torch.tensor([mc.pad_id, mc.bos_id, mc.eos_id], device=device)  # EOS is offered apart
+        self.eos_column = torch.full((batch * k, 1), mc.eos_id, device=device)
 
     def _reset(self) -> None:
         mc = self.model.config
-        self.cache.length.zero_()
+        self.cache.reset()
         self.last.fill_(mc.bos_id)
         self.history.fill_(mc.pad_id)
         self.scores.fill_(float("-inf"))
@@ -158,15 +162,34 @@ class GraphedBeam(_Graphed):
         self.done.zero_()
         self.budget_penalty.copy_(self._length_penalty(self.max_lens + 1))
 
+    def _candidates(self, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The best C = 2K continuations of each sentence, best first: scores (B, C), beams and
+        tokens. The same as a top-C over all K x V of scores + constrained log-probs (as
+        run_beam takes), but no (N, V) tensor is written: log-probs are logits minus their
+        log-sum-exp, each row offers its best C tokens other than EOS plus EOS itself, and the
+        rules of search.constrain apply to those few."""
+        mc, cfg, k = self.model.config, self.cfg, self.beam_size
+        b = self.scores.size(0)
+        logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1].float()  # (N, V); advances the cache
+        vocab = logits.size(-1)
+        lse = logits.logsumexp(dim=-1, keepdim=True)
+        eos_lp = torch.where(step < cfg.min_len, float("-inf"), logits[:, mc.eos_id : mc.eos_id + 1] - lse)  # (N, 1)
+        logits.index_fill_(1, self.not_offered, float("-inf"))
+        row_lp, row_tok = logits.topk(min(2 * k, vocab), dim=-1)  # (N, R)
+        forced = (self.max_lens.repeat_interleave(k) <= step).unsqueeze(1)  # budget spent: only EOS
+        row_lp = torch.where(forced, float("-inf"), row_lp - lse)
+        offered_lp = torch.cat([row_lp, eos_lp], dim=1)  # (N, R + 1)
+        offered_tok = torch.cat([row_tok, self.eos_column], dim=1)
+        per_row = offered_lp.size(1)
+        cand = (self.scores.view(-1, 1) + offered_lp).view(b, k * per_row)
+        cand_scores, cand_ids = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, C)
+        return cand_scores, cand_ids // per_row, offered_tok.view(b, k * per_row).gather(1, cand_ids)
+
     def _step(self) -> None:
         mc, k, f = self.model.config, self.beam_size, self.cfg.n_best
         b, m = self.scores.size(0), self.steps
         step = self.cache.length.clone()  # (1,): the index of the token this step emits
-        lp = self._log_probs(step)
-        vocab = lp.size(-1)
-        cand = (self.scores.unsqueeze(2) + lp.view(b, k, vocab)).view(b, k * vocab)
-        cand_scores, cand_ids = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, C), best first
-        cand_beam, cand_tok = cand_ids // vocab, cand_ids % vocab
+        cand_scores, cand_beam, cand_tok = self._candidates(step)
         is_eos = cand_tok == mc.eos_id
 
         # EOS among the top K finishes a hypothesis, unless its sentence is already done; merge

@@ -106,31 +106,48 @@ class LayerCache:
 class StaticCache:
     """A decoder cache whose every step has the same shapes and reads no host value, so the step
     can be captured once as a CUDA graph and replayed: the position is a device tensor, new K/V
-    are written at it by index, and self-attention spans the whole buffer under a mask of the
-    positions written so far. Rows are reordered whole and never dropped.
+    are written at it by index, and self-attention spans the whole buffer under a mask.
 
-    self_kv (Y, 2, N, H, M, Dh) and cross_kv (Y, 2, B, H, S, Dh) as in DecoderCache.
+    Beam re-ranking moves no K/V. Each row (beam slot g of a sentence) writes its K/V into its own
+    slot, and `ancestors` records, for every row and position, which slot of its sentence holds
+    that position of the row's history; re-ranking gathers only that (N, M) table. The beams of
+    a sentence attend over all G * M keys of the sentence (the grouped path of
+    MultiHeadAttention.attend), masked to each row's own history: the same keys as a reordered
+    cache, without copying the cache each step.
+
+    self_kv (Y, 2, B, H, G * M, Dh): slot g's position p at index g * M + p. ancestors (N, M).
+    cross_kv (Y, 2, B, H, S, Dh) as in DecoderCache.
     """
 
-    def __init__(self, self_kv: Tensor, cross_kv: Tensor, src_mask: Tensor):
-        self.self_kv, self.cross_kv, self.src_mask = self_kv, cross_kv, src_mask
-        self.length = torch.zeros(1, dtype=torch.long, device=self_kv.device)  # next position to write
-        self.key_positions = torch.arange(self_kv.size(4), device=self_kv.device)
+    def __init__(self, self_kv: Tensor, cross_kv: Tensor, src_mask: Tensor, beam_size: int):
+        self.self_kv, self.cross_kv, self.src_mask, self.beam_size = self_kv, cross_kv, src_mask, beam_size
+        device = self_kv.device
+        self.length = torch.zeros(1, dtype=torch.long, device=device)  # next position to write
+        self.key_positions = torch.arange(self.capacity, device=device)  # (M,)
+        self.slots = torch.arange(beam_size, device=device)  # (G,)
+        rows = cross_kv.size(2) * beam_size
+        self.own_slot = self.slots.repeat(rows // beam_size).unsqueeze(1)  # (N, 1): row i's slot
+        self.ancestors = self.own_slot.expand(rows, self.capacity).clone()  # (N, M)
+        self.step_mask: Tensor | None = None  # built by layer 0 each step, shared by the others
 
     @classmethod
     def allocate(cls, cross_kv: Tensor, src_mask: Tensor, max_len: int, beam_size: int = 1) -> "StaticCache":
         y, _, b, h, _, dh = cross_kv.shape
-        return cls(cross_kv.new_zeros(y, 2, b * beam_size, h, max_len, dh), cross_kv, src_mask)
+        return cls(cross_kv.new_zeros(y, 2, b, h, beam_size * max_len, dh), cross_kv, src_mask, beam_size)
 
     @property
     def capacity(self) -> int:
-        return self.self_kv.size(4)
+        return self.self_kv.size(4) // self.beam_size
 
     def load(self, cross_kv: Tensor, src_mask: Tensor) -> None:
         """Start a new batch of the same shape in the same buffers (a captured graph reads them)."""
         self.cross_kv.copy_(cross_kv)
         self.src_mask.copy_(src_mask)
+        self.reset()
+
+    def reset(self) -> None:
         self.length.zero_()
+        self.ancestors.copy_(self.own_slot.expand_as(self.ancestors))
 
     def layer(self, index: int) -> "StaticLayerCache":
         return StaticLayerCache(self, index)
@@ -139,10 +156,20 @@ class StaticCache:
         self.length.add_(n)
 
     def reorder(self, rows: Tensor) -> None:
-        """Row i of every self-attention buffer becomes old row rows[i], whole buffers (fixed
-        shapes), one layer at a time so the temporary copy stays 1/Y of the cache."""
-        for layer_kv in self.self_kv:
-            layer_kv.copy_(layer_kv.index_select(1, rows))
+        """Row i continues old row rows[i] (a row of the same sentence): it takes over that row's
+        history up to the current length and writes later positions into its own slot."""
+        inherited = self.ancestors.index_select(0, rows)
+        self.ancestors.copy_(torch.where(self.key_positions < self.length, inherited, self.own_slot))
+
+    def build_mask(self) -> Tensor:
+        """(B, 1, G, G * M), True where a row may attend: its history's slot at positions written
+        so far, this step's included. With G = 1: (1, 1, 1, M)."""
+        written = self.key_positions <= self.length  # (M,)
+        if self.beam_size == 1:
+            return written[None, None, None, :]
+        g, m = self.beam_size, self.capacity
+        mask = (self.ancestors.view(-1, g, 1, m) == self.slots.view(1, 1, g, 1)) & written
+        return mask.view(-1, 1, g, g * m)
 
 
 class StaticLayerCache:
@@ -158,15 +185,21 @@ class StaticLayerCache:
         return kv[0], kv[1]
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write one position's k/v (N, H, 1, Dh) at the cache's position; return the whole buffers.
-        The caller keeps steps within capacity: a device-side position cannot be checked without a sync."""
+        """Write one position's k/v (N, H, 1, Dh), each row into its own slot; return the whole
+        buffers (B, H, G * M, Dh). The caller keeps steps within capacity: a device-side position
+        cannot be checked without a sync."""
         if k.size(2) != 1:
             raise ValueError("a static cache takes one new position a step")
-        kv = self.cache.self_kv[self.index]
-        kv[0].index_copy_(2, self.cache.length, k)
-        kv[1].index_copy_(2, self.cache.length, v)
-        return kv[0], kv[1]  # (N, H, M, Dh)
+        c = self.cache
+        g, (n, h, _, dh) = c.beam_size, k.shape
+        index = c.slots * c.capacity + c.length  # (G,): where each slot's position goes
+        kv = c.self_kv[self.index]
+        for buffer, new in zip(kv, (k, v)):
+            buffer.index_copy_(2, index, new.view(n // g, g, h, dh).transpose(1, 2))
+        return kv[0], kv[1]
 
     def self_mask(self, t_new: int) -> Tensor:
-        """(1, 1, 1, M): the positions written so far, this step's included."""
-        return (self.cache.key_positions <= self.cache.length)[None, None, None, :]
+        """Which keys each row sees (see StaticCache.build_mask); built once a step, by layer 0."""
+        if self.index == 0:
+            self.cache.step_mask = self.cache.build_mask()
+        return self.cache.step_mask

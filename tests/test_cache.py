@@ -2,6 +2,7 @@
 import torch
 
 from conftest import BOS, pad_batch, random_sentences, tiny_model
+from seq2seq.cache import StaticCache
 
 
 def filled_cache(beam_size=3, steps=4):
@@ -72,3 +73,25 @@ def test_reordered_cache_decodes_like_a_cache_built_from_reordered_prefixes():
         full = torch.cat([prefix[rows], nxt], dim=1)
         expected = model.project(model.decode(full, memory.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)))
     torch.testing.assert_close(got, expected[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_static_beam_cache_moves_no_kv_and_decodes_like_reordered_prefixes():
+    """StaticCache re-ranks beams through its ancestor table only; every step still equals
+    decoding each row's (re-ranked) token history from scratch."""
+    model = tiny_model(seed=3)
+    src = pad_batch(random_sentences(2, 2, 6, 24, seed=4))
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.full((6, 1), BOS)
+    with torch.no_grad():
+        memory, mask = model.encode(src), model.padding_mask(src)
+        grown = model.init_cache(memory, mask, beam_size=3, max_len=8)
+        cache = StaticCache.allocate(grown.cross_kv.clone(), mask.clone(), 8, beam_size=3)
+        for t in range(5):
+            got = model.step(tokens[:, -1:], cache)[:, -1]
+            expected = model.project(model.decode(tokens, memory.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)))
+            torch.testing.assert_close(got, expected[:, -1], rtol=1e-5, atol=1e-5)
+            rows = torch.cat([torch.randint(0, 3, (3,), generator=gen), torch.randint(3, 6, (3,), generator=gen)])
+            kv_before = cache.self_kv.clone()
+            cache.reorder(rows)
+            assert torch.equal(cache.self_kv, kv_before)  # only the ancestor table moved
+            tokens = torch.cat([tokens[rows], torch.randint(4, 24, (6, 1), generator=gen)], dim=1)

@@ -7,6 +7,12 @@ Self-attention K/V live in one preallocated buffer written by slice at the curre
 so a step never reallocates and the buffer shape stays fixed. Cross-attention K/V are
 projected once from the encoder memory when the cache is built; all beams of a sentence share
 them, so reordering beams never touches them and only dropping sentences shrinks them.
+
+Beam re-ranking moves no K/V either. Each beam slot g of a sentence writes its own K/V, and an
+ancestor table records, for every row and position, which slot holds that position of the row's
+history; re-ranking gathers only that table. A sentence's beams attend over the keys of all its
+slots, masked to each row's own history (the grouped path of MultiHeadAttention.attend): the
+same keys a reordered cache would hold, without copying the cache every step.
 """
 from __future__ import annotations
 
@@ -21,30 +27,34 @@ def sentence_rows(sentences: Tensor, beam_size: int) -> Tensor:
 
 
 class DecoderCache:
-    def __init__(self, self_kv: Tensor, cross_kv: Tensor, src_mask: Tensor):
-        self.self_kv = self_kv  # (Y, 2, N, H, M, Dh)
+    """self_kv (Y, 2, B, H, M * G, Dh): position p of slot g at index p * G + g, so the written
+    prefix of every slot is one slice. ancestors (N, M): the slot (0..G-1) holding each position
+    of each row's history; positions not written yet hold the row's own slot."""
+
+    def __init__(self, self_kv: Tensor, cross_kv: Tensor, src_mask: Tensor, beam_size: int = 1):
+        self.self_kv = self_kv  # (Y, 2, B, H, M * G, Dh)
         self.cross_kv = cross_kv  # (Y, 2, B, H, S, Dh)
         self.src_mask = src_mask  # (B, 1, 1, S), True at real source tokens
+        self.beam_size = beam_size
         self.length = 0  # target positions written so far
+        own_slot = torch.arange(beam_size, device=self_kv.device).repeat(cross_kv.size(2)).unsqueeze(1)
+        self.ancestors = own_slot.expand(-1, self.capacity).clone()  # (N, M)
+        self.step_mask: Tensor | None = None  # the beams' history mask, built once a step
 
     @classmethod
     def allocate(cls, cross_kv: Tensor, src_mask: Tensor, beam_size: int, max_len: int) -> "DecoderCache":
         """Empty self-attention buffers for max_len positions, beam_size rows per sentence."""
         y, _, b, h, _, dh = cross_kv.shape
-        self_kv = cross_kv.new_empty(y, 2, b * beam_size, h, max_len, dh)
-        return cls(self_kv, cross_kv, src_mask)
+        self_kv = cross_kv.new_empty(y, 2, b, h, max_len * beam_size, dh)
+        return cls(self_kv, cross_kv, src_mask, beam_size)
 
     @property
     def rows(self) -> int:
-        return self.self_kv.size(2)
-
-    @property
-    def beam_size(self) -> int:
-        return self.rows // self.cross_kv.size(2)
+        return self.cross_kv.size(2) * self.beam_size
 
     @property
     def capacity(self) -> int:
-        return self.self_kv.size(4)
+        return self.self_kv.size(4) // self.beam_size
 
     def layer(self, index: int) -> "LayerCache":
         return LayerCache(self, index)
@@ -52,24 +62,37 @@ class DecoderCache:
     def advance(self, n: int) -> None:
         """Mark n more positions as written; called once per step after every layer wrote."""
         self.length += n
+        self.step_mask = None
 
     def reorder(self, rows: Tensor) -> None:
-        """Row i of every self-attention buffer becomes old row rows[i] (beam re-ranking).
-
-        Only the written prefix moves. Cross-attention K/V are shared by a sentence's beams and
-        rows never leave their sentence, so they stay as they are.
-        """
+        """Row i continues old row rows[i], which must be a row of the same sentence (beam
+        re-ranking): row i takes over that row's history. Only the (N, t) prefix of the
+        ancestor table moves; K/V and cross-attention K/V stay where they are."""
         if rows.numel() != self.rows:
             raise ValueError(f"reorder needs {self.rows} row indices, got {rows.numel()}")
-        t = self.length
-        for layer_kv in self.self_kv:  # one layer at a time: the gather's copy stays 1/Y of the cache
-            layer_kv[..., :t, :] = layer_kv[:, rows, :, :t]
+        if self.beam_size > 1:
+            t = self.length
+            self.ancestors[:, :t] = self.ancestors[rows, :t]
+            self.step_mask = None
 
     def keep_sentences(self, keep: Tensor) -> None:
         """Shrink every tensor to the sentences in keep (indices into the current batch)."""
-        self.self_kv = self.self_kv.index_select(2, sentence_rows(keep, self.beam_size))
+        self.self_kv = self.self_kv.index_select(2, keep)
+        self.ancestors = self.ancestors.index_select(0, sentence_rows(keep, self.beam_size))
         self.cross_kv = self.cross_kv.index_select(2, keep)
         self.src_mask = self.src_mask.index_select(0, keep)
+        self.step_mask = None
+
+    def history_mask(self, t_new: int) -> Tensor:
+        """(B, 1, G * T, (t + T) * G): which written keys each new position of each row may see,
+        its own history's slot at every earlier position and itself, nothing later. T = t_new."""
+        g, t_all = self.beam_size, self.length + t_new
+        ancestors = self.ancestors[:, :t_all].view(-1, g, 1, t_all, 1)  # (B, G, 1, t + T, 1)
+        own = ancestors == torch.arange(g, device=ancestors.device)  # (B, G, 1, t + T, G)
+        query_pos = torch.arange(self.length, t_all, device=ancestors.device).unsqueeze(1)
+        causal = torch.arange(t_all, device=ancestors.device) <= query_pos  # (T, t + T)
+        mask = own & causal[None, None, :, :, None]  # (B, G, T, t + T, G)
+        return mask.view(-1, 1, g * t_new, t_all * g)
 
 
 class LayerCache:
@@ -85,22 +108,31 @@ class LayerCache:
         return kv[0], kv[1]  # each (B, H, S, Dh)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write the newest T positions' k/v (N, H, T, Dh); return the whole prefix's k/v."""
-        start, end = self.cache.length, self.cache.length + k.size(2)
-        if end > self.cache.capacity:
-            raise ValueError(f"decoder cache holds {self.cache.capacity} positions, step needs {end}")
-        kv = self.cache.self_kv[self.index]
-        kv[0, :, :, start:end] = k
-        kv[1, :, :, start:end] = v
-        return kv[0, :, :, :end], kv[1, :, :, :end]  # (N, H, t + T, Dh)
+        """Write the newest T positions' k/v (N, H, T, Dh), each row into its own slot; return
+        the written keys and values of every slot, (B, H, (t + T) * G, Dh)."""
+        c = self.cache
+        start, end = c.length, c.length + k.size(2)
+        if end > c.capacity:
+            raise ValueError(f"decoder cache holds {c.capacity} positions, step needs {end}")
+        g, (n, h, t_new, dh) = c.beam_size, k.shape
+        kv = c.self_kv[self.index]
+        for buffer, new in zip(kv, (k, v)):  # (N, H, T, Dh) -> (B, H, T * G, Dh), position-major
+            buffer[:, :, start * g : end * g] = new.view(n // g, g, h, t_new, dh).permute(0, 2, 3, 1, 4).reshape(n // g, h, t_new * g, dh)
+        return kv[0, :, :, : end * g], kv[1, :, :, : end * g]
 
     def self_mask(self, t_new: int) -> Tensor | None:
-        """Which of the t + T keys each new position may see: all of them for one new token;
-        for several, the prefix and themselves, not later ones. Called after append."""
+        """Which keys each new position may see; called after append. One row per sentence:
+        all of them for one new token; for several, the prefix and themselves. Beams: their
+        own histories (DecoderCache.history_mask), built by the first layer of the step."""
+        c = self.cache
+        if c.beam_size > 1:
+            if c.step_mask is None:
+                c.step_mask = c.history_mask(t_new)
+            return c.step_mask
         if t_new == 1:
             return None
-        t_all = self.cache.length + t_new
-        return torch.ones(t_new, t_all, dtype=torch.bool, device=self.cache.self_kv.device).tril(t_all - t_new)
+        t_all = c.length + t_new
+        return torch.ones(t_new, t_all, dtype=torch.bool, device=c.self_kv.device).tril(t_all - t_new)
 
 
 class StaticCache:

@@ -22,7 +22,7 @@ from seq2seq.model import Transformer
 
 
 class _Graphed:
-    """What both searches share: static buffers, the constrained log-probs, capture and the loop."""
+    """What both searches share: static buffers, capture and the loop."""
 
     def __init__(self, model: Transformer, batch: int, src_len: int, cfg: SearchConfig, beam_size: int,
                  use_graph: bool | None, check_every: int):
@@ -32,27 +32,12 @@ class _Graphed:
         device, dtype = positions.device, positions.dtype
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
         self.steps = min(cfg.max_len, mc.max_positions - 1) + 1  # the longest budget, plus EOS
-        self.banned = torch.tensor([mc.pad_id, mc.bos_id], device=device)
         cross = torch.zeros(mc.n_decoder_layers, 2, batch, mc.n_heads, src_len, mc.head_dim, device=device, dtype=dtype)
         mask = torch.zeros(batch, 1, 1, src_len, dtype=torch.bool, device=device)
         self.cache = StaticCache.allocate(cross, mask, self.steps, beam_size)
         self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)  # per sentence
         self.last = torch.full((batch * beam_size,), mc.bos_id, device=device)  # newest token of each row
         self.graph = None
-
-    def _log_probs(self, step: Tensor) -> Tensor:
-        """Next-token log-probs (N, V) under search.constrain's rules, without host values:
-        banned ids, no EOS before min_len, only EOS once a row's budget is spent."""
-        mc, cfg = self.model.config, self.cfg
-        logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1]  # advances the cache
-        lp = torch.log_softmax(logits.float(), dim=-1)
-        lp.index_fill_(1, self.banned, float("-inf"))
-        eos_lp = lp[:, mc.eos_id].clone()
-        lp[:, mc.eos_id] = torch.where(step < cfg.min_len, float("-inf"), eos_lp)
-        forced = (self.max_lens.repeat_interleave(self.beam_size) <= step).unsqueeze(1)  # (N, 1)
-        only_eos = torch.full_like(lp, float("-inf"))
-        only_eos[:, mc.eos_id] = eos_lp
-        return torch.where(forced, only_eos, lp)
 
     def _length_penalty(self, length: Tensor) -> Tensor:
         """SearchConfig.length_penalty on a device tensor of lengths (EOS included)."""
@@ -101,6 +86,21 @@ class GraphedGreedy(_Graphed):
         self.out = torch.full((batch, self.steps), model.config.pad_id, device=device)  # emitted tokens
         self.log_probs = torch.zeros(batch, device=device)
         self.ended_at = torch.full((batch,), -1, dtype=torch.long, device=device)  # step of EOS
+        self.banned = torch.tensor([model.config.pad_id, model.config.bos_id], device=device)
+
+    def _log_probs(self, step: Tensor) -> Tensor:
+        """Next-token log-probs (N, V) under search.constrain's rules, without host values:
+        banned ids, no EOS before min_len, only EOS once a row's budget is spent."""
+        mc, cfg = self.model.config, self.cfg
+        logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1]  # advances the cache
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        lp.index_fill_(1, self.banned, float("-inf"))
+        eos_lp = lp[:, mc.eos_id].clone()
+        lp[:, mc.eos_id] = torch.where(step < cfg.min_len, float("-inf"), eos_lp)
+        forced = (self.max_lens.repeat_interleave(self.beam_size) <= step).unsqueeze(1)  # (N, 1)
+        only_eos = torch.full_like(lp, float("-inf"))
+        only_eos[:, mc.eos_id] = eos_lp
+        return torch.where(forced, only_eos, lp)
 
     def _reset(self) -> None:
         mc = self.model.config

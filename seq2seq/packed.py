@@ -21,14 +21,20 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+# The row count oneDNN lays the weights out for. Laid out for 1 row, products of 4 and 32 rows
+# ran 1.25-1.7x slower than laid out for 32; laid out for 32, a 1-row product lost under 5%.
+# End to end on the 2-core AMD EPYC (L 32), 1 -> 32: batch 1 greedy 74.7 -> 71.5 tokens/s,
+# batch 1 beam 4 45.1 -> 61.1, batch 32 greedy 655 -> 754.
+ROWS_HINT = 32
+
+
 class PackedLinear(nn.Module):
     """y = x W^T + b on a oneDNN-packed W (O, I); x (..., I) fp32 on CPU -> (..., O)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None):
+    def __init__(self, weight: Tensor, bias: Tensor | None, rows_hint: int = ROWS_HINT):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        # Reordered for a single row (batch hint 1): decoding steps read one token per sentence.
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), 1))
+        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), rows_hint))
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     def forward(self, x: Tensor) -> Tensor:

@@ -98,7 +98,7 @@ class DecoderCache:
 class LayerCache:
     """One decoder layer's view of the cache."""
 
-    def __init__(self, cache: DecoderCache, index: int):
+    def __init__(self, cache: "DecoderCache | StaticCache", index: int):
         self.cache = cache
         self.index = index
 
@@ -204,17 +204,9 @@ class StaticCache:
         return mask.view(-1, 1, g, g * m)
 
 
-class StaticLayerCache:
-    """One decoder layer's view of a StaticCache."""
-
-    def __init__(self, cache: StaticCache, index: int):
-        self.cache = cache
-        self.index = index
-
-    @property
-    def cross_kv(self) -> tuple[Tensor, Tensor]:
-        kv = self.cache.cross_kv[self.index]
-        return kv[0], kv[1]
+class StaticLayerCache(LayerCache):
+    """One decoder layer's view of a StaticCache: the cross K/V as LayerCache reads them; its own
+    append and mask."""
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write one position's k/v (N, H, 1, Dh), each row into its own slot; return the whole

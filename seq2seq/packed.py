@@ -22,9 +22,9 @@ def available() -> bool:
 
 
 # The row count oneDNN lays the weights out for. Laid out for 1 row, products of 4 and 32 rows
-# ran 1.25-1.7x slower than laid out for 32; laid out for 32, a 1-row product lost under 5%.
-# End to end on the 2-core AMD EPYC (L 32), 1 -> 32: batch 1 greedy 74.7 -> 71.5 tokens/s,
-# batch 1 beam 4 45.1 -> 61.1, batch 32 greedy 655 -> 754.
+# ran 1.15-1.7x slower than laid out for 32, and 1-row products gained at most 13% (the 32k x 512
+# output projection; the others within 7%). End to end, batch 1 greedy stayed level and batch 1
+# beam 4 and batch 32 greedy gained 42% and 12% (bench/cpu_linears.py, 2-core AMD EPYC).
 ROWS_HINT = 32
 
 
@@ -43,10 +43,11 @@ class PackedLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def pack_for_cpu(model: Transformer) -> Transformer:
+def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT) -> Transformer:
     """Swap the model's linear layers (and its tied output projection) for packed ones, and give
     each attention one packed q/k/v projection for self-attention, in place; returns the model.
-    Needs an fp32 model on CPU, and oneDNN."""
+    rows_hint: the rows a product is laid out for (see ROWS_HINT). Needs an fp32 model on CPU,
+    and oneDNN."""
     if not available():
         raise RuntimeError("this PyTorch build has no oneDNN packed linear kernels")
     if next(model.parameters()).device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
@@ -55,11 +56,11 @@ def pack_for_cpu(model: Transformer) -> Transformer:
         for attn in [layer.self_attn for layer in [*model.encoder_layers, *model.decoder_layers]]:
             # q, k and v of self-attention in one product: one call instead of three.
             attn.qkv_proj = PackedLinear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                                         torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+                                         torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]), rows_hint)
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(module, name, PackedLinear(child.weight, child.bias))
+                    setattr(module, name, PackedLinear(child.weight, child.bias, rows_hint))
         if model.output_proj is None:  # tied: the projection reads the target embedding table
-            model.output_proj = PackedLinear(model.tgt_embed.weight, None)
+            model.output_proj = PackedLinear(model.tgt_embed.weight, None, rows_hint)
     return model.eval()

@@ -188,7 +188,6 @@ def evaluate_main(argv: list[str] | None = None, stdout: TextIO | None = None) -
     return _run(p.prog, args.debug, body)
 
 
-
 def export_main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     p = OneLineParser(prog="seq2seq-export", description="Export a checkpoint for another toolkit.",
                       epilog="hf-marian: a directory that transformers loads with MarianMTModel.from_pretrained and "

@@ -14,12 +14,13 @@ from torch import Tensor
 
 from infer.search import Hypothesis, SearchConfig, constrain, max_output_lengths
 from infer.state import decoder_state
+from seq2seq.ensemble import Ensemble
 from seq2seq.model import Transformer
 
 
 @torch.no_grad()
 def beam_search(
-    model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfig(), use_cache: bool = True
+    model: Transformer | Ensemble, src: Tensor, cfg: SearchConfig = SearchConfig(), use_cache: bool = True
 ) -> list[list[Hypothesis]]:
     """src (B, S) right-padded -> per sentence, up to cfg.n_best hypotheses, best first.
 

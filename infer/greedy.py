@@ -9,12 +9,13 @@ from torch import Tensor
 
 from infer.search import Hypothesis, SearchConfig, constrain, max_output_lengths
 from infer.state import decoder_state
+from seq2seq.ensemble import Ensemble
 from seq2seq.model import Transformer
 
 
 @torch.no_grad()
 def greedy_search(
-    model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfig(), use_cache: bool = True
+    model: Transformer | Ensemble, src: Tensor, cfg: SearchConfig = SearchConfig(), use_cache: bool = True
 ) -> list[Hypothesis]:
     """src (B, S) right-padded -> one hypothesis per sentence, in input order.
 

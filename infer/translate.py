@@ -12,6 +12,7 @@ from infer.beam import beam_search
 from infer.greedy import greedy_search
 from infer.search import Hypothesis, SearchConfig, max_output_lengths
 from seq2seq.batching import batch_plan, pad
+from seq2seq.ensemble import Ensemble
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 
@@ -34,7 +35,7 @@ def encode_sources(
 
 @torch.no_grad()
 def translate_ids(
-    model: Transformer, sources: list[list[int]], cfg: SearchConfig, max_tokens: int = 4096, greedy: bool = False,
+    model: Transformer | Ensemble, sources: list[list[int]], cfg: SearchConfig, max_tokens: int = 4096, greedy: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[list[Hypothesis]]:
     """Search every source (ids with EOS); per source, its n-best list, in input order.

@@ -4,6 +4,8 @@
     t = Translator.from_checkpoint("runs/x/checkpoints/best.pt", device="cuda", dtype="bf16")
     t.translate(["Ein Hund läuft."], beam_size=5)            # -> ["A dog is running."]
     t.translate(["Ein Hund läuft."], beam_size=5, n_best=3)  # -> [[(text, score), ...]]
+
+An ensemble checkpoint (seq2seq-ensemble) loads the same way and translates with all its models.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from infer.search import SearchConfig
 from infer.translate import encode_sources, translate_ids
 from seq2seq import packed
 from seq2seq.checkpoint import load, model_from_checkpoint
+from seq2seq.ensemble import Ensemble
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 
@@ -27,7 +30,7 @@ def _one_line(text: str) -> str:
 
 
 class Translator:
-    def __init__(self, model: Transformer, vocab: Vocabularies, device: str = "cpu", dtype: str = "fp32"):
+    def __init__(self, model: Transformer | Ensemble, vocab: Vocabularies, device: str = "cpu", dtype: str = "fp32"):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -43,7 +46,8 @@ class Translator:
         # The model is ours alone, so on CPU in fp32 its weights can be repacked for oneDNN
         # (seq2seq/packed.py): same outputs, fewer seconds per token.
         if translator.device.type == "cpu" and dtype == "fp32" and packed.available():
-            packed.pack_for_cpu(translator.model)
+            for member in translator.model.members if isinstance(translator.model, Ensemble) else [translator.model]:
+                packed.pack_for_cpu(member)
         return translator
 
     @property

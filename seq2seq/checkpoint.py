@@ -1,7 +1,8 @@
 """Checkpoint files: atomic writes, safe loads (weights_only), and a format version.
 
 A checkpoint is a dict of tensors and plain Python values. The model config and the
-vocabularies travel inside it, so a checkpoint alone is enough to translate.
+vocabularies travel inside it, so a checkpoint alone is enough to translate. An ensemble
+checkpoint holds several models ("members", each with its weights and config) and one vocabulary.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from seq2seq.config import ModelConfig, build_config
+from seq2seq.ensemble import Ensemble
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 
@@ -70,14 +72,42 @@ def inference_state(model: Transformer, vocab: Vocabularies) -> dict:
             "model_config": dataclasses.asdict(model.config), "vocab": vocab.to_dict()}
 
 
-def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> tuple[Transformer, Vocabularies]:
-    """Rebuild the model (eval mode, CPU) and its vocabularies from a loaded checkpoint."""
-    model = Transformer(build_config(ModelConfig, ckpt["model_config"], where=f"{path}: model_config"))
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> tuple[Transformer | Ensemble, Vocabularies]:
+    """Rebuild the model (eval mode, CPU), or the ensemble of an ensemble checkpoint, and its
+    vocabularies from a loaded checkpoint."""
+    if "members" in ckpt:
+        members = [_build(m, f"{path}: member {i}") for i, m in enumerate(ckpt["members"], 1)]
+        try:
+            return Ensemble(members).eval(), Vocabularies.from_dict(ckpt["vocab"])
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+    return _build(ckpt, str(path)), Vocabularies.from_dict(ckpt["vocab"])
+
+
+def _build(entry: dict, where: str) -> Transformer:
+    model = Transformer(build_config(ModelConfig, entry["model_config"], where=f"{where}: model_config"))
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(entry["model"])
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the model config: {str(err).splitlines()[0]}") from None
-    return model.eval(), Vocabularies.from_dict(ckpt["vocab"])
+        raise CheckpointError(f"{where}: weights do not fit the model config: {str(err).splitlines()[0]}") from None
+    return model.eval()
+
+
+def ensemble(paths: list[str | Path]) -> dict:
+    """One checkpoint that translates with the models of several (which must share their
+    vocabularies); an ensemble among them contributes its members."""
+    if not paths:
+        raise CheckpointError("no checkpoints to ensemble")
+    ckpts = [load(p) for p in paths]
+    members = []
+    for p, c in zip(paths, ckpts):
+        if c["vocab"] != ckpts[0]["vocab"]:
+            raise CheckpointError(f"{p}: its vocabularies differ from those of {paths[0]}; an ensemble needs one vocabulary")
+        members += c.get("members") or [{"model": c["model"], "model_config": c["model_config"]}]
+    out = {"format": FORMAT, "version": VERSION, "members": members, "vocab": ckpts[0]["vocab"],
+           "ensembled_from": [str(p) for p in paths]}
+    model_from_checkpoint(out, "ensemble")  # members whose ids disagree fail here, before anything is written
+    return out
 
 
 def average(paths: list[str | Path]) -> dict:
@@ -87,6 +117,8 @@ def average(paths: list[str | Path]) -> dict:
     ckpts = [load(p) for p in paths]
     base = ckpts[-1]
     for p, c in zip(paths, ckpts):
+        if "members" in c:
+            raise CheckpointError(f"{p}: is an ensemble of {len(c['members'])} models; average checkpoints of one model")
         if c["model_config"] != base["model_config"]:
             raise CheckpointError(f"{p}: model config differs from {paths[-1]}")
     averaged = {}

@@ -237,7 +237,10 @@ def export_marian(checkpoint: str | Path, outdir: str | Path) -> Path:
     except ImportError:
         raise ExportError("the hf-marian export writes safetensors: pip install safetensors (or the 'export' extra)") from None
 
-    model, vocab = model_from_checkpoint(load(checkpoint), checkpoint)
+    ckpt = load(checkpoint)
+    if "members" in ckpt:
+        raise ExportError(f"{checkpoint}: is an ensemble of {len(ckpt['members'])} models; Marian holds one: export a member's checkpoint")
+    model, vocab = model_from_checkpoint(ckpt, checkpoint)
     reasons = unsupported(model.config)
     if reasons:
         raise ExportError(f"{checkpoint}: Marian cannot express this model: {'; '.join(reasons)}")

@@ -1,12 +1,14 @@
 """Corpus reading, cleaning, subword vocabularies and token batching."""
 import gzip
 import json
+import random
 
 import pytest
 
-from seq2seq.batching import batch_plan
+from seq2seq.batching import batch_plan, pad
 from seq2seq.data import DataConfig, DataError, clean_indices, load_split, read_lines
 from seq2seq.tokenizer import SPECIALS, Vocabularies, VocabConfig
+from train.data import Encoded, make_batch
 
 
 def test_text_pairs_and_gzip_read_alike(tmp_path, multi30k_slice):
@@ -105,8 +107,6 @@ def test_vocabularies_survive_serialisation(joint_vocab, multi30k_slice):
 
 
 def _lengths(n=500, seed=0):
-    import random
-
     rng = random.Random(seed)
     src = [rng.randint(1, 40) for _ in range(n)]
     return src, [max(1, s + rng.randint(-5, 5)) for s in src]
@@ -140,6 +140,21 @@ def test_length_grouping_wastes_less_padding_than_random_batches():
         random_batches.append(shuffled[start : start + size])
         start += size
     assert padding_fraction(plan) < padding_fraction(random_batches) / 3
+
+
+def test_training_batches_are_the_padded_rows_and_the_shifted_target():
+    src, tgt = _lengths(60, seed=5)
+    rng = random.Random(1)
+    eos, pad_id, bos = 2, 0, 1
+    enc = Encoded([[rng.randint(4, 99) for _ in range(n - 1)] + [eos] for n in src],
+                  [[rng.randint(4, 99) for _ in range(n - 1)] + [eos] for n in tgt])
+    assert min(tgt) == 1  # a row that is only EOS: its decoder input is BOS alone
+    for rows in ([0], [3, 1, 4, 1, 5, 9], list(range(60))[::-1]):
+        got = make_batch(enc, rows, pad_id, bos)
+        want = (pad([enc.src[i] for i in rows], pad_id), pad([[bos] + enc.tgt[i][:-1] for i in rows], pad_id),
+                pad([enc.tgt[i] for i in rows], pad_id))
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.equal(w)
 
 
 def test_hf_format_goes_through_datasets_load_dataset(tmp_path, multi30k_slice):

@@ -257,3 +257,36 @@ def test_train_command_ends_with_the_test_score_and_signature(tmp_path, multi30k
     assert "case:lc" in out[-1]
     valid = [r for r in read_metrics(run) if r["kind"] == "valid"]
     assert valid and all("bleu_lc" in r and "chrf_lc" in r for r in valid)
+
+
+def test_members_train_with_their_own_seeds_and_translate_as_their_ensemble(tmp_path, multi30k_slice, capsys):
+    from infer.translator import Translator
+    from seq2seq.data import DataConfig, load_split
+
+    run = tmp_path / "run"
+    args = [str(TINY), f"run_dir={run}", f"data.path={multi30k_slice}", "members=2", "optim.max_steps=6", "eval.every=6",
+            "eval.search.max_len=8", "vocab.size=400"]
+    assert train_main(args) == 0
+    final = load(run / "checkpoints" / "final.pt")
+    singles = [load(run / f"member_{k}" / "checkpoints" / "final.pt") for k in (1, 2)]
+    assert [s["train_config"]["seed"] for s in singles] == [1, 2]
+    assert not torch.equal(singles[0]["model"]["tgt_embed.tokens.weight"], singles[1]["model"]["tgt_embed.tokens.weight"])
+    for member, single in zip(final["members"], singles):
+        assert member["model_config"] == single["model_config"]
+        assert all(torch.equal(member["model"][k], v) for k, v in single["model"].items())
+    (record,) = read_metrics(run)
+    assert record["kind"] == "valid_ensemble" and record["members"] == 2
+    valid = load_split(DataConfig(path=str(multi30k_slice)), "val")
+    search = load_config(TINY, ["eval.search.max_len=8"]).eval.search
+    hyps = Translator.from_checkpoint(run / "checkpoints" / "final.pt").search(valid.src, search)
+    assert record["bleu"] == score([h[0][0] for h in hyps], [valid.tgt])["bleu"]
+    assert "final.pt): BLEU" in capsys.readouterr().out.splitlines()[-3]
+    # Without resume=true, a run_dir with members is refused before any member starts.
+    assert train_main(args) == 2
+    assert capsys.readouterr().err.strip() == (f"seq2seq-train: error: {run}/member_1/checkpoints/last.pt: run_dir already"
+                                               " holds a run; pass resume=true to continue it or choose another run_dir")
+    # A member that fails stops the run with one line naming its log and its last words.
+    assert train_main([*args, f"run_dir={tmp_path / 'bad'}", f"data.path={tmp_path / 'missing'}"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"seq2seq-train: error: {tmp_path / 'bad'}/member_1/train.log: member training failed (exit 2): ")
+    assert "missing" in last

@@ -1,19 +1,20 @@
-"""Command lines: seq2seq-train (also `python -m train`, and under torchrun) and seq2seq-average."""
+"""Command lines: seq2seq-train (also `python -m train`, and under torchrun), seq2seq-average and seq2seq-ensemble."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from infer.cli import OneLineParser
 from infer.evaluate import score
 from infer.translator import Translator
-from seq2seq.checkpoint import CheckpointError, average, save_atomic
+from seq2seq.checkpoint import CheckpointError, average, ensemble, save_atomic
 from seq2seq.config import ConfigError
 from seq2seq.data import DataError, load_split
 from train import distributed
 from train.config import TrainConfig, load_config
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, OSError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, OSError)  # OSError covers a failed member
 
 
 def _fail(prog: str, err: BaseException, debug: bool) -> int:
@@ -48,15 +49,13 @@ def train_main(argv: list[str] | None = None) -> int:
     env = None
     try:
         cfg = load_config(args.config, args.overrides)
+        if cfg.members > 1:
+            return _train_members(cfg, args.no_test)
         trainer = Trainer(cfg)
         env = trainer.env
         summary = trainer.train()
         if env.is_main and summary["reason"] != "interrupted" and cfg.data.test and not args.no_test:
-            final = trainer.ckpt_dir / "final.pt"
-            cased, lower = evaluate_on_test(cfg, final, trainer.device)
-            print(f"{cfg.data.test} ({final}): BLEU {cased['bleu']:.2f}  chrF {cased['chrf']:.2f}  TER {cased['ter']:.2f}")
-            print(f"sacrebleu signature: {cased['bleu_signature']}")
-            print(f"lowercased: BLEU {lower['bleu']:.2f}  chrF {lower['chrf']:.2f}  ({lower['bleu_signature']})")
+            _print_test(cfg, trainer.ckpt_dir / "final.pt", trainer.device)
         distributed.barrier(env)  # no process tears down its connections while another still uses them
         return 130 if summary["reason"] == "interrupted" else 0
     except USER_ERRORS as err:
@@ -64,6 +63,30 @@ def train_main(argv: list[str] | None = None) -> int:
     finally:
         if env is not None:
             distributed.shutdown(env)
+
+
+def _train_members(cfg: TrainConfig, no_test: bool) -> int:
+    from train.members import train_members
+    from train.trainer import pick_device
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("members > 1 starts its own processes: run it without torchrun")
+    device = pick_device(cfg.device, 0)
+    try:
+        train_members(cfg, device.type)
+    except KeyboardInterrupt:
+        print("interrupted: the members saved their checkpoints; continue with resume=true", file=sys.stderr)
+        return 130
+    if cfg.data.test and not no_test:
+        _print_test(cfg, Path(cfg.run_dir) / "checkpoints" / "final.pt", device)
+    return 0
+
+
+def _print_test(cfg: TrainConfig, final: Path, device) -> None:
+    cased, lower = evaluate_on_test(cfg, final, device)
+    print(f"{cfg.data.test} ({final}): BLEU {cased['bleu']:.2f}  chrF {cased['chrf']:.2f}  TER {cased['ter']:.2f}")
+    print(f"sacrebleu signature: {cased['bleu_signature']}")
+    print(f"lowercased: BLEU {lower['bleu']:.2f}  chrF {lower['chrf']:.2f}  ({lower['bleu_signature']})")
 
 
 def average_main(argv: list[str] | None = None) -> int:
@@ -85,3 +108,19 @@ def average_main(argv: list[str] | None = None) -> int:
         return 0
     except USER_ERRORS as err:
         return _fail("seq2seq-average", err, args.debug)
+
+
+def ensemble_main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="seq2seq-ensemble", description="Combine checkpoints into one that translates with all their models.",
+                           epilog="The models must share their vocabularies (e.g. the same recipe with different seeds).")
+    parser.add_argument("inputs", nargs="+", help="checkpoint files (an ensemble among them adds its members)")
+    parser.add_argument("-o", "--output", required=True, help="file to write")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        combined = ensemble([Path(p) for p in args.inputs])
+        save_atomic(combined, args.output)
+        print(f"wrote {args.output}: an ensemble of {len(combined['members'])} models")
+        return 0
+    except USER_ERRORS as err:
+        return _fail("seq2seq-ensemble", err, args.debug)

@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto (cuda when available), cpu, cuda
     resume: bool = False  # continue from run_dir/checkpoints/last.pt
+    members: int = 1  # > 1: train this many models (seeds seed, seed + 1, ...) and translate with their ensemble
     data: DataConfig = field(default_factory=DataConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # vocab sizes are set from the vocabulary
@@ -73,6 +74,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device={self.device!r}: expected auto, cpu or cuda")
+        if self.members < 1:
+            raise ValueError(f"members={self.members} must be at least 1")
         if self.model.share_embeddings and not self.vocab.joint:
             raise ValueError("model.share_embeddings needs vocab.joint: true")
         if self.data.max_len + 1 > self.model.max_positions:  # + EOS (source) or BOS (decoder input)

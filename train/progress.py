@@ -4,17 +4,23 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import torch
 from tqdm import tqdm
 
 
 class Progress:
-    """Per update: the bar shows the update's loss, the rate and tokens/s since the last
-    validation; every `every` updates (and at the first) a record holds the mean loss per target
-    token since the previous record. Only the main process shows or records anything."""
+    """Per update: the bar advances and shows the rate; every `every` updates (and at the first)
+    a record holds the mean loss per target token since the previous record, and the bar shows
+    it with tokens/s since the last validation. Losses arrive as device tensors and are read
+    only then: one host-device synchronisation per record, not per update, lets the host
+    prepare the next batches while the GPU works. `reduce` turns the summed loss into a float
+    (summed over processes); every process calls it at the same updates. Only the main process
+    shows or records anything."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, record: Callable[[dict], None], every: int = 10):
+    def __init__(self, total: int, initial: int, enabled: bool, record: Callable[[dict], None],
+                 reduce: Callable[[torch.Tensor | float], float] = float, every: int = 10):
         self.bar = tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="upd")
-        self.enabled, self.record, self.every = enabled, record, every
+        self.enabled, self.record, self.reduce, self.every = enabled, record, reduce, every
         self.loss, self.tokens = 0.0, 0  # since the last record
         self.restart_window()
 
@@ -22,17 +28,16 @@ class Progress:
         """Tokens/s counts from here (validation time is not training time)."""
         self.window_tokens, self.window_start = 0, time.perf_counter()
 
-    def update(self, step: int, epoch: int, loss_sum: float, n_tokens: int, lr: float) -> None:
+    def update(self, step: int, epoch: int, loss_sum: torch.Tensor | float, n_tokens: int, lr: float) -> None:
         self.window_tokens += n_tokens
         self.loss, self.tokens = self.loss + loss_sum, self.tokens + n_tokens
-        tokens_per_s = self.window_tokens / (time.perf_counter() - self.window_start)
-        if self.enabled:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", ep=epoch)
+        self.bar.update(1)
         if step % self.every == 0 or step == 1:
+            loss = self.reduce(self.loss) / self.tokens
+            tokens_per_s = self.window_tokens / (time.perf_counter() - self.window_start)
             if self.enabled:
-                self.record({"kind": "train", "step": step, "epoch": epoch, "loss": self.loss / self.tokens,
-                             "lr": lr, "tokens_per_s": tokens_per_s})
+                self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", ep=epoch)
+                self.record({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
             self.loss, self.tokens = 0.0, 0
 
     def close(self) -> None:

@@ -168,15 +168,16 @@ class Trainer:
         """Target tokens (EOS included) in these batches: what an update's loss is divided by."""
         return sum(len(self.train_data.tgt[i]) for b in batches for i in b)
 
-    def update(self, batches: list[list[int]], n_tokens: int) -> float:
-        """One optimizer step over this process's micro-batches; returns the summed cross-entropy."""
+    def update(self, batches: list[list[int]], n_tokens: int) -> torch.Tensor:
+        """One optimizer step over this process's micro-batches; returns the summed cross-entropy
+        as a device tensor, so that nothing here waits for the GPU."""
         module = self.ddp or self.model
         module.train()
         mc, world = self.model_cfg, self.env.world_size
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         total = torch.zeros((), device=self.device)
         for j, indices in enumerate(batches):
-            src, tgt_in, tgt_out = (t.to(self.device) for t in make_batch(self.train_data, indices, mc.pad_id, mc.bos_id))
+            src, tgt_in, tgt_out = (self._to_device(t) for t in make_batch(self.train_data, indices, mc.pad_id, mc.bos_id))
             # Only the last micro-batch of an update all-reduces gradients.
             sync = self.ddp.no_sync() if self.ddp is not None and j < len(batches) - 1 else nullcontext()
             with sync:
@@ -192,7 +193,13 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.update_ema(self.step + 1)
-        return total.item()
+        return total
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        # From pageable memory a copy waits for the GPU to drain; from pinned memory it queues.
+        if self.device.type != "cuda":
+            return batch
+        return batch.pin_memory().to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def update_ema(self, updates: int) -> None:
@@ -281,7 +288,8 @@ class Trainer:
         o, per_update = self.cfg.optim, self.env.world_size * self.cfg.optim.accum_steps
         previous_handler = signal.signal(signal.SIGINT, self._request_stop)
         plan = self.plan(self.epoch)
-        progress = Progress(o.max_steps, self.step, self.env.is_main, self._append_metrics)
+        progress = Progress(o.max_steps, self.step, self.env.is_main, self._append_metrics,
+                            reduce=lambda loss: distributed.all_sum(self.env, float(loss), self.device))
         reason, validated_at = "max_steps", self.step
         try:
             while self.step < o.max_steps:
@@ -294,7 +302,7 @@ class Trainer:
                 batches = plan[self.position : self.position + per_update]
                 n_tokens = self.target_tokens(batches)
                 mine = batches[self.env.rank * o.accum_steps : (self.env.rank + 1) * o.accum_steps]
-                loss_sum = distributed.all_sum(self.env, self.update(mine, n_tokens), self.device)
+                loss_sum = self.update(mine, n_tokens)
                 self.step, self.position = self.step + 1, self.position + per_update
                 progress.update(self.step, self.epoch, loss_sum, n_tokens, self.scheduler.get_last_lr()[0])
                 if self.step % self.cfg.eval.every == 0:

@@ -274,6 +274,7 @@ def test_members_train_with_their_own_seeds_and_translate_as_their_ensemble(tmp_
     for member, single in zip(final["members"], singles):
         assert member["model_config"] == single["model_config"]
         assert all(torch.equal(member["model"][k], v) for k, v in single["model"].items())
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (record,) = read_metrics(run)
     assert record["kind"] == "valid_ensemble" and record["members"] == 2
     valid = load_split(DataConfig(path=str(multi30k_slice)), "val")

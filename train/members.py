@@ -26,6 +26,7 @@ from infer.translator import Translator
 from seq2seq.checkpoint import CheckpointError, ensemble, save_atomic
 from seq2seq.data import load_split
 from train.config import TrainConfig, to_dict
+from train.plot import plot_members
 
 
 class MemberError(ChildProcessError):
@@ -118,6 +119,7 @@ def _ensemble_and_validate(cfg: TrainConfig, members: list[TrainConfig], device:
               "bleu_lc": score(hyps, [valid.tgt], lowercase=True, with_ter=False)["bleu"]}
     with (Path(cfg.run_dir) / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
+    plot_members([Path(m.run_dir) / "metrics.jsonl" for m in members], scores["bleu"], Path(cfg.run_dir) / "curves.png")
     log(f"ensemble of {len(members)}: valid BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f}"
         f" (members {', '.join(f'{b:.2f}' for b in singles)}); final checkpoint: {final}")
     return {"reason": "max_steps", "members": len(members), "best_bleu": scores["bleu"]}

@@ -3,7 +3,8 @@
 The step (embedding at a device-side position, every decoder layer on a StaticCache, the output
 projection, log-softmax, the output rules of search.constrain, the search's own bookkeeping)
 keeps the same shapes and reads no host value, so it is captured once per (sentences, source
-length, budget) and replayed. Finished sentences keep running (static shapes) but no longer
+length, budget) and replayed: once per length bucket of `span` positions, so that
+self-attention reads the positions written so far rounded up to a bucket, not the whole buffer. Finished sentences keep running (static shapes) but no longer
 change their results; the host asks "all done?" only every `check_every` steps. The searches are
 run_greedy's and run_beam's: same tokens, log-probs and scores (tests compare them eagerly on
 CPU; bench/decode_gpu.py on the GPU).
@@ -25,9 +26,9 @@ class _Graphed:
     """What both searches share: static buffers, capture and the loop."""
 
     def __init__(self, model: Transformer, batch: int, src_len: int, cfg: SearchConfig, beam_size: int,
-                 use_graph: bool | None, check_every: int):
+                 use_graph: bool | None, check_every: int, span: int = 16):
         mc = model.config
-        self.model, self.cfg, self.check_every, self.beam_size = model, cfg, check_every, beam_size
+        self.model, self.cfg, self.check_every, self.beam_size, self.span = model, cfg, check_every, beam_size, span
         positions = model.tgt_embed.positions  # follows the model's device and dtype (packed weights are buffers)
         device, dtype = positions.device, positions.dtype
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
@@ -37,7 +38,7 @@ class _Graphed:
         self.cache = StaticCache.allocate(cross, mask, self.steps, beam_size)
         self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)  # per sentence
         self.last = torch.full((batch * beam_size,), mc.bos_id, device=device)  # newest token of each row
-        self.graph = None
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # one per span
 
     def _length_penalty(self, length: Tensor) -> Tensor:
         """SearchConfig.length_penalty on a device tensor of lengths (EOS included)."""
@@ -47,16 +48,27 @@ class _Graphed:
             return ((5.0 + length.float()) / 6.0) ** self.cfg.alpha
         return torch.ones_like(length, dtype=torch.float32)
 
+    def _span(self, t: int) -> int:
+        """Positions step t attends to (it writes position t), rounded up to the bucket."""
+        return min(self.steps, (t // self.span + 1) * self.span)
+
     def _capture(self) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
-            for _ in range(2):
+        """A graph per span. Warm-ups run real steps on whatever state is there; run resets it."""
+        pool = None  # the graphs replay one at a time, so they share one memory pool
+        for span in sorted({self._span(t) for t in range(self.steps)}):
+            self._reset()
+            self.cache.span = span
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
+                for _ in range(2):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
                 self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._step()
+            pool = graph.pool()
+            self.graphs[span] = graph
 
     @torch.inference_mode()
     def run(self, src: Tensor):
@@ -66,11 +78,16 @@ class _Graphed:
         cross = torch.stack([torch.stack(layer.cross_attn.project_kv(memory)) for layer in model.decoder_layers])
         self.cache.load(cross, model.padding_mask(src))
         self.max_lens.copy_(max_output_lengths((src != mc.pad_id).sum(dim=1), self.cfg, mc.max_positions))
-        if self.use_graph and self.graph is None:
+        if self.use_graph and not self.graphs:
             self._capture()
         self._reset()
         for t in range(self.steps):
-            self.graph.replay() if self.use_graph else self._step()
+            span = self._span(t)
+            if self.use_graph:
+                self.graphs[span].replay()
+            else:
+                self.cache.span = span
+                self._step()
             if (t + 1) % self.check_every == 0 and bool(self._all_done()):  # the only sync
                 break
         return self._results()
@@ -80,8 +97,8 @@ class GraphedGreedy(_Graphed):
     """run_greedy as a captured step. GraphedGreedy(model, B, S, cfg).run(src) -> [Hypothesis] * B."""
 
     def __init__(self, model: Transformer, batch: int, src_len: int, cfg: SearchConfig,
-                 use_graph: bool | None = None, check_every: int = 8):
-        super().__init__(model, batch, src_len, cfg, 1, use_graph, check_every)
+                 use_graph: bool | None = None, check_every: int = 8, span: int = 16):
+        super().__init__(model, batch, src_len, cfg, 1, use_graph, check_every, span)
         device = self.last.device
         self.out = torch.full((batch, self.steps), model.config.pad_id, device=device)  # emitted tokens
         self.log_probs = torch.zeros(batch, device=device)
@@ -93,7 +110,7 @@ class GraphedGreedy(_Graphed):
         banned ids, no EOS before min_len, only EOS once a row's budget is spent."""
         mc, cfg = self.model.config, self.cfg
         logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1]  # advances the cache
-        lp = torch.log_softmax(logits.float(), dim=-1)
+        lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # no separate fp32 copy of the logits
         lp.index_fill_(1, self.banned, float("-inf"))
         eos_lp = lp[:, mc.eos_id].clone()
         lp[:, mc.eos_id] = torch.where(step < cfg.min_len, float("-inf"), eos_lp)
@@ -135,8 +152,8 @@ class GraphedBeam(_Graphed):
     ancestor table, never the K/V buffers."""
 
     def __init__(self, model: Transformer, batch: int, src_len: int, cfg: SearchConfig,
-                 use_graph: bool | None = None, check_every: int = 8):
-        super().__init__(model, batch, src_len, cfg, cfg.beam_size, use_graph, check_every)
+                 use_graph: bool | None = None, check_every: int = 8, span: int = 16):
+        super().__init__(model, batch, src_len, cfg, cfg.beam_size, use_graph, check_every, span)
         device, k, f = self.last.device, cfg.beam_size, cfg.n_best
         self.sentence = torch.arange(batch, device=device).unsqueeze(1)  # (B, 1)
         self.history = torch.full((batch * k, self.steps), model.config.pad_id, device=device)  # tokens so far
@@ -165,19 +182,20 @@ class GraphedBeam(_Graphed):
     def _candidates(self, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The best C = 2K continuations of each sentence, best first: scores (B, C), beams and
         tokens. The same as a top-C over all K x V of scores + constrained log-probs (as
-        run_beam takes), but no (N, V) tensor is written: log-probs are logits minus their
-        log-sum-exp, each row offers its best C tokens other than EOS plus EOS itself, and the
-        rules of search.constrain apply to those few."""
+        run_beam takes), but the top-k runs on rows, not on K x V: each row offers its best C
+        tokens other than EOS plus EOS itself, and the rules of search.constrain apply to those
+        few. The top-k reads the logits in the model's dtype (half the bytes in bf16; the same
+        order, since the fp32 log-probs are those values minus one number per row)."""
         mc, cfg, k = self.model.config, self.cfg, self.beam_size
         b = self.scores.size(0)
-        logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1].float()  # (N, V); advances the cache
+        logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1]  # (N, V); advances the cache
         vocab = logits.size(-1)
-        lse = logits.logsumexp(dim=-1, keepdim=True)
-        eos_lp = torch.where(step < cfg.min_len, float("-inf"), logits[:, mc.eos_id : mc.eos_id + 1] - lse)  # (N, 1)
+        lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # one pass, as run_beam computes them
+        eos_lp = torch.where(step < cfg.min_len, float("-inf"), lp[:, mc.eos_id : mc.eos_id + 1])  # (N, 1)
         logits.index_fill_(1, self.not_offered, float("-inf"))
-        row_lp, row_tok = logits.topk(min(2 * k, vocab), dim=-1)  # (N, R)
+        row_tok = logits.topk(min(2 * k, vocab), dim=-1).indices  # (N, R)
         forced = (self.max_lens.repeat_interleave(k) <= step).unsqueeze(1)  # budget spent: only EOS
-        row_lp = torch.where(forced, float("-inf"), row_lp - lse)
+        row_lp = torch.where(forced, float("-inf"), lp.gather(1, row_tok))
         offered_lp = torch.cat([row_lp, eos_lp], dim=1)  # (N, R + 1)
         offered_tok = torch.cat([row_tok, self.eos_column], dim=1)
         per_row = offered_lp.size(1)

@@ -86,13 +86,20 @@ class DecoderCache:
     def history_mask(self, t_new: int) -> Tensor:
         """(B, 1, G * T, (t + T) * G): which written keys each new position of each row may see,
         its own history's slot at every earlier position and itself, nothing later. T = t_new."""
-        g, t_all = self.beam_size, self.length + t_new
-        ancestors = self.ancestors[:, :t_all].view(-1, g, 1, t_all, 1)  # (B, G, 1, t + T, 1)
-        own = ancestors == torch.arange(g, device=ancestors.device)  # (B, G, 1, t + T, G)
-        query_pos = torch.arange(self.length, t_all, device=ancestors.device).unsqueeze(1)
-        causal = torch.arange(t_all, device=ancestors.device) <= query_pos  # (T, t + T)
-        mask = own & causal[None, None, :, :, None]  # (B, G, T, t + T, G)
-        return mask.view(-1, 1, g * t_new, t_all * g)
+        t_all = self.length + t_new
+        device = self.ancestors.device
+        causal = torch.arange(t_all, device=device) <= torch.arange(self.length, t_all, device=device).unsqueeze(1)
+        return slot_mask(self.ancestors[:, :t_all], self.beam_size, causal)
+
+
+def slot_mask(ancestors: Tensor, beam_size: int, visible: Tensor) -> Tensor:
+    """(B, 1, G * T, P * G) over position-major keys (position p of slot g at p * G + g): each
+    row's T new positions may see, at each position p that visible (T, P) allows, the slot that
+    ancestors (N, P) says holds p of the row's history."""
+    g, p = beam_size, ancestors.size(1)
+    own = ancestors.reshape(-1, g, 1, p, 1) == torch.arange(g, device=ancestors.device)  # (B, G, 1, P, G)
+    mask = own & visible[None, None, :, :, None]  # (B, G, T, P, G)
+    return mask.view(-1, 1, g * visible.size(0), p * g)
 
 
 class LayerCache:
@@ -138,7 +145,9 @@ class LayerCache:
 class StaticCache:
     """A decoder cache whose every step has the same shapes and reads no host value, so the step
     can be captured once as a CUDA graph and replayed: the position is a device tensor, new K/V
-    are written at it by index, and self-attention spans the whole buffer under a mask.
+    are written at it by index, and self-attention reads the first `span` positions under a mask.
+    `span` is a host value fixed per captured graph: a search captures one graph per length
+    bucket, so attention reads about the written prefix rather than the whole buffer.
 
     Beam re-ranking moves no K/V. Each row (beam slot g of a sentence) writes its K/V into its own
     slot, and `ancestors` records, for every row and position, which slot of its sentence holds
@@ -147,7 +156,8 @@ class StaticCache:
     MultiHeadAttention.attend), masked to each row's own history: the same keys as a reordered
     cache, without copying the cache each step.
 
-    self_kv (Y, 2, B, H, G * M, Dh): slot g's position p at index g * M + p. ancestors (N, M).
+    self_kv (Y, 2, B, H, M * G, Dh): slot g's position p at index p * G + g, as in DecoderCache,
+    so the first `span` positions of every slot are one slice. ancestors (N, M).
     cross_kv (Y, 2, B, H, S, Dh) as in DecoderCache.
     """
 
@@ -160,6 +170,7 @@ class StaticCache:
         rows = cross_kv.size(2) * beam_size
         self.own_slot = self.slots.repeat(rows // beam_size).unsqueeze(1)  # (N, 1): row i's slot
         self.ancestors = self.own_slot.expand(rows, self.capacity).clone()  # (N, M)
+        self.span = self.capacity  # positions attention reads; a step must have length < span
         self.step_mask: Tensor | None = None  # built by layer 0 each step, shared by the others
 
     @classmethod
@@ -194,14 +205,12 @@ class StaticCache:
         self.ancestors.copy_(torch.where(self.key_positions < self.length, inherited, self.own_slot))
 
     def build_mask(self) -> Tensor:
-        """(B, 1, G, G * M), True where a row may attend: its history's slot at positions written
-        so far, this step's included. With G = 1: (1, 1, 1, M)."""
-        written = self.key_positions <= self.length  # (M,)
+        """(B, 1, G, P * G) for P = span, True where a row may attend: its history's slot at
+        positions written so far, this step's included. With G = 1: (1, 1, 1, P)."""
+        written = self.key_positions[: self.span] <= self.length  # (P,)
         if self.beam_size == 1:
             return written[None, None, None, :]
-        g, m = self.beam_size, self.capacity
-        mask = (self.ancestors.view(-1, g, 1, m) == self.slots.view(1, 1, g, 1)) & written
-        return mask.view(-1, 1, g, g * m)
+        return slot_mask(self.ancestors[:, : self.span], self.beam_size, written.unsqueeze(0))
 
 
 class StaticLayerCache(LayerCache):
@@ -209,18 +218,18 @@ class StaticLayerCache(LayerCache):
     append and mask."""
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write one position's k/v (N, H, 1, Dh), each row into its own slot; return the whole
-        buffers (B, H, G * M, Dh). The caller keeps steps within capacity: a device-side position
-        cannot be checked without a sync."""
+        """Write one position's k/v (N, H, 1, Dh), each row into its own slot; return the first
+        `span` positions of every slot, (B, H, P * G, Dh). The caller keeps the position below
+        span: a device-side position cannot be checked without a sync."""
         if k.size(2) != 1:
             raise ValueError("a static cache takes one new position a step")
         c = self.cache
         g, (n, h, _, dh) = c.beam_size, k.shape
-        index = c.slots * c.capacity + c.length  # (G,): where each slot's position goes
+        index = c.length * g + c.slots  # (G,): where each slot's position goes
         kv = c.self_kv[self.index]
         for buffer, new in zip(kv, (k, v)):
             buffer.index_copy_(2, index, new.view(n // g, g, h, dh).transpose(1, 2))
-        return kv[0], kv[1]
+        return kv[0, :, :, : c.span * g], kv[1, :, :, : c.span * g]
 
     def self_mask(self, t_new: int) -> Tensor:
         """Which keys each row sees (see StaticCache.build_mask); built once a step, by layer 0."""

@@ -95,6 +95,7 @@ def test_static_beam_cache_moves_no_kv_and_decodes_like_reordered_prefixes():
         grown = model.init_cache(memory, mask, beam_size=3, max_len=8)
         cache = StaticCache.allocate(grown.cross_kv.clone(), mask.clone(), 8, beam_size=3)
         for t in range(5):
+            cache.span = t + 1 if t % 2 else cache.capacity  # attention over the written prefix, or all of it
             got = model.step(tokens[:, -1:], cache)[:, -1]
             expected = model.project(model.decode(tokens, memory.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)))
             torch.testing.assert_close(got, expected[:, -1], rtol=1e-5, atol=1e-5)

@@ -25,8 +25,9 @@ def test_static_cache_steps_give_the_growing_cache_logits():
     assert int(static.length) == growing.length == tgt.size(1)
 
 
+@pytest.mark.parametrize("span", [1, 3, 16])  # attention over length + 1 positions, buckets of 3, all at once
 @pytest.mark.parametrize("case", ["copy", "budget", "min_len"])
-def test_graphed_greedy_equals_run_greedy(case, copy_model):
+def test_graphed_greedy_equals_run_greedy(case, span, copy_model):
     if case == "copy":  # rows end by EOS at different steps
         model, src, cfg = copy_model, pad_batch(random_sentences(6, 1, 6, 12, seed=3)), SearchConfig(beam_size=1)
     else:  # a random model: every row runs to its own budget
@@ -35,7 +36,7 @@ def test_graphed_greedy_equals_run_greedy(case, copy_model):
         cfg = SearchConfig(beam_size=1, max_len_a=1.0, max_len_b=2, min_len=3 if case == "min_len" else 0,
                            length_norm="gnmt")
     reference = greedy_search(model, src, cfg)
-    graphed = GraphedGreedy(model, src.size(0), src.size(1), cfg, use_graph=False, check_every=2)
+    graphed = GraphedGreedy(model, src.size(0), src.size(1), cfg, use_graph=False, check_every=2, span=span)
     for _ in range(2):  # the second batch reuses the buffers
         got = graphed.run(src)
         assert [h.tokens for h in got] == [h.tokens for h in reference]
@@ -45,8 +46,9 @@ def test_graphed_greedy_equals_run_greedy(case, copy_model):
         assert len({len(h.tokens) for h in reference}) > 1
 
 
+@pytest.mark.parametrize("span", [1, 3, 16])
 @pytest.mark.parametrize("case", ["copy", "copy_nbest_gnmt", "budget_average", "min_len_none"])
-def test_graphed_beam_equals_run_beam(case, copy_model):
+def test_graphed_beam_equals_run_beam(case, span, copy_model):
     from infer.beam import beam_search
     from infer.graphed import GraphedBeam
 
@@ -59,7 +61,7 @@ def test_graphed_beam_equals_run_beam(case, copy_model):
         cfg = SearchConfig(beam_size=3, n_best=2, max_len_a=1.0, max_len_b=2, min_len=3 if case == "min_len_none" else 0,
                            length_norm="none" if case == "min_len_none" else "average")
     reference = beam_search(model, src, cfg)
-    graphed = GraphedBeam(model, src.size(0), src.size(1), cfg, use_graph=False, check_every=3)
+    graphed = GraphedBeam(model, src.size(0), src.size(1), cfg, use_graph=False, check_every=3, span=span)
     for _ in range(2):  # the second batch reuses the buffers
         got = graphed.run(src)
         assert [[h.tokens for h in n] for n in got] == [[h.tokens for h in n] for n in reference]

@@ -43,8 +43,8 @@ def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
     return out
 
 
-def train_members(cfg: TrainConfig, device: str, log: Callable[[str], None] = tqdm.write) -> dict:
-    """Train every member, then build and validate their ensemble; returns a summary."""
+def train_members(cfg: TrainConfig, device: str, log: Callable[[str], None] = tqdm.write) -> None:
+    """Train every member, then build and validate their ensemble."""
     members = member_configs(cfg)
     for m in members:
         last = Path(m.run_dir) / "checkpoints" / "last.pt"
@@ -61,7 +61,7 @@ def train_members(cfg: TrainConfig, device: str, log: Callable[[str], None] = tq
             _run(group, members, bar)
     finally:
         bar.close()
-    return _ensemble_and_validate(cfg, members, device, log)
+    _ensemble_and_validate(cfg, members, device, log)
 
 
 def _run(members: list[TrainConfig], everyone: list[TrainConfig], bar: tqdm) -> None:
@@ -106,7 +106,7 @@ def _last_step(metrics: Path) -> int:
     return max(steps, default=0)
 
 
-def _ensemble_and_validate(cfg: TrainConfig, members: list[TrainConfig], device: str, log) -> dict:
+def _ensemble_and_validate(cfg: TrainConfig, members: list[TrainConfig], device: str, log) -> None:
     finals = [Path(m.run_dir) / "checkpoints" / "final.pt" for m in members]
     final = Path(cfg.run_dir) / "checkpoints" / "final.pt"
     save_atomic(ensemble(finals), final)
@@ -122,9 +122,8 @@ def _ensemble_and_validate(cfg: TrainConfig, members: list[TrainConfig], device:
     plot_members([Path(m.run_dir) / "metrics.jsonl" for m in members], scores["bleu"], Path(cfg.run_dir) / "curves.png")
     log(f"ensemble of {len(members)}: valid BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f}"
         f" (members {', '.join(f'{b:.2f}' for b in singles)}); final checkpoint: {final}")
-    return {"reason": "max_steps", "members": len(members), "best_bleu": scores["bleu"]}
 
 
 def _best_bleu(metrics: Path) -> float:
-    return max(json.loads(line).get("bleu", -1.0) for line in metrics.read_text().splitlines()
-               if json.loads(line)["kind"] in ("valid", "valid_averaged"))
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return max(r["bleu"] for r in records if r["kind"] in ("valid", "valid_averaged"))

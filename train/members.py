@@ -70,7 +70,7 @@ def _run(members: list[TrainConfig], everyone: list[TrainConfig], bar: tqdm) -> 
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(members))))  # not N times all cores
     procs = []
     for m in members:
-        logf = open(Path(m.run_dir) / "train.log", "w", encoding="utf-8")
+        logf = open(Path(m.run_dir) / "train.log", "a", encoding="utf-8")  # a resumed member adds to its log
         cmd = [sys.executable, "-m", "train", str(Path(m.run_dir) / "recipe.yaml"), "--no-test"]
         procs.append((m, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf))
     try:
@@ -87,6 +87,8 @@ def _run(members: list[TrainConfig], everyone: list[TrainConfig], bar: tqdm) -> 
                 p.terminate()
             logf.close()
     _show_steps(everyone, bar)
+    if any(p.returncode == 130 for _, p, _ in procs):  # a member saved last.pt on an interrupt
+        raise KeyboardInterrupt
     for m, p, _ in procs:
         if p.returncode != 0:
             log_path = Path(m.run_dir) / "train.log"

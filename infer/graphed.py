@@ -4,10 +4,11 @@ The step (embedding at a device-side position, every decoder layer on a StaticCa
 projection, log-softmax, the output rules of search.constrain, the search's own bookkeeping)
 keeps the same shapes and reads no host value, so it is captured once per (sentences, source
 length, budget) and replayed: once per length bucket of `span` positions, so that
-self-attention reads the positions written so far rounded up to a bucket, not the whole buffer. Finished sentences keep running (static shapes) but no longer
-change their results; the host asks "all done?" only every `check_every` steps. The searches are
-run_greedy's and run_beam's: same tokens, log-probs and scores (tests compare them eagerly on
-CPU; bench/decode_gpu.py on the GPU).
+self-attention reads the positions written so far rounded up to a bucket, not the whole buffer.
+Finished sentences keep running (static shapes) but no longer change their results; the host
+asks "all done?" only every `check_every` steps. The searches are run_greedy's and run_beam's:
+same tokens, log-probs and scores (tests compare them eagerly on CPU; bench/decode_gpu.py on
+the GPU).
 
 Shapes: B sentences, K beam size, N = B * K rows, S source length, M steps (budget + 1),
 V vocabulary, C = 2K candidates, F = n_best finished hypotheses kept per sentence.

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from seq2seq.config import ModelConfig, build_config
-from seq2seq.ensemble import Ensemble
+from seq2seq.ensemble import Ensemble, check_members
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 
@@ -104,10 +104,13 @@ def ensemble(paths: list[str | Path]) -> dict:
         if c["vocab"] != ckpts[0]["vocab"]:
             raise CheckpointError(f"{p}: its vocabularies differ from those of {paths[0]}; an ensemble needs one vocabulary")
         members += c.get("members") or [{"model": c["model"], "model_config": c["model_config"]}]
-    out = {"format": FORMAT, "version": VERSION, "members": members, "vocab": ckpts[0]["vocab"],
-           "ensembled_from": [str(p) for p in paths]}
-    model_from_checkpoint(out, "ensemble")  # members whose ids disagree fail here, before anything is written
-    return out
+    try:  # members whose ids disagree fail here, before anything is written
+        check_members([build_config(ModelConfig, m["model_config"], where=f"member {i}: model_config")
+                       for i, m in enumerate(members, 1)])
+    except ValueError as err:
+        raise CheckpointError(f"ensemble of {', '.join(map(str, paths))}: {err}") from None
+    return {"format": FORMAT, "version": VERSION, "members": members, "vocab": ckpts[0]["vocab"],
+            "ensembled_from": [str(p) for p in paths]}
 
 
 def average(paths: list[str | Path]) -> dict:

@@ -17,16 +17,20 @@ from seq2seq.model import Transformer
 SHARED_KEYS = ("src_vocab_size", "tgt_vocab_size", "pad_id", "bos_id", "eos_id")
 
 
+def check_members(configs: list[ModelConfig]) -> None:
+    """ValueError naming the first member whose ids differ from member 1's."""
+    if not configs:
+        raise ValueError("an ensemble needs at least one model")
+    for i, cfg in enumerate(configs[1:], 2):
+        for key in SHARED_KEYS:
+            if getattr(cfg, key) != getattr(configs[0], key):
+                raise ValueError(f"ensemble member {i}: {key}={getattr(cfg, key)}, member 1 has {getattr(configs[0], key)}")
+
+
 class Ensemble(nn.Module):
     def __init__(self, members: list[Transformer]):
         super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one model")
-        first = members[0].config
-        for i, m in enumerate(members[1:], 2):
-            for key in SHARED_KEYS:
-                if getattr(m.config, key) != getattr(first, key):
-                    raise ValueError(f"ensemble member {i}: {key}={getattr(m.config, key)}, member 1 has {getattr(first, key)}")
+        check_members([m.config for m in members])
         self.members = nn.ModuleList(members)
 
     @property

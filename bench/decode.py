@@ -113,10 +113,13 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
+def forced_config(length: int, beam: int) -> SearchConfig:
+    """Exactly `length` tokens, then EOS."""
+    return SearchConfig(beam_size=beam, length_norm="none", max_len_a=0.0, max_len_b=length, max_len=length, min_len=length)
+
+
 def decode(model, src, length: int, beam: int, use_cache: bool):
-    cfg = SearchConfig(
-        beam_size=beam, length_norm="none", max_len_a=0.0, max_len_b=length, max_len=length, min_len=length
-    )
+    cfg = forced_config(length, beam)
     if beam == 1:
         return [[h.tokens] for h in greedy_search(model, src, cfg, use_cache=use_cache)]
     return [[h.tokens for h in nbest] for nbest in beam_search(model, src, cfg, use_cache=use_cache)]

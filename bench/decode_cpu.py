@@ -11,8 +11,13 @@ runs L+1 free steps). Tokens/s counts the L forced tokens per sentence. Prints o
     python bench/decode_cpu.py                         # batch 1 and 32, greedy and beam 4, L 32 and 128
     python bench/decode_cpu.py --lengths 32 --batches 1 --repeats 3
 
-Ours runs as Translator.from_checkpoint sets it up on CPU in fp32: weights packed for oneDNN
-(seq2seq/packed.py), KV cache, the greedy or beam search of infer/.
+Ours runs two ways on the same packed model:
+- "ours": as Translator.from_checkpoint sets it up on CPU in fp32: weights packed for oneDNN
+  (seq2seq/packed.py), KV cache, the greedy or beam search of infer/;
+- "ours_compiled": infer.graphed's static-shape searches with compile=True (the step compiled by
+  torch.compile, one compile per span bucket of --span positions), on the same model with its
+  plain weights kept for the few-row products. Each cell compiles in an untimed first run, whose
+  seconds are reported as compile_seconds (inductor's on-disk cache shortens later runs).
 
 The outputs of HF and CTranslate2 are compared with ours token by token over the L forced tokens
 ("same_tokens"). Random weights give nearly flat distributions, so an argmax can flip on fp32
@@ -33,7 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode import decode  # noqa: E402  (bench/decode.py: our cached search at a forced length)
+from decode import decode, forced_config  # noqa: E402  (bench/decode.py: our cached search at a forced length)
+from infer.graphed import GraphedBeam, GraphedGreedy  # noqa: E402
 from peers import IdMap, add_grid_options, export, grid, random_source, timed, transformer_base  # noqa: E402
 from seq2seq.packed import pack_for_cpu  # noqa: E402
 
@@ -45,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for all three (default: every core)")
+    p.add_argument("--span", type=int, default=32, help="positions per compiled span bucket of ours_compiled")
+    p.add_argument("--no-compile", action="store_true", help="leave out ours_compiled")
     return p.parse_args()
 
 
@@ -57,7 +65,7 @@ def build(args, workdir: Path):
     model = transformer_base(args.vocab, args.layers, args.d_model)
     args.params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)  # before packing turns weights into buffers
     hf_dir = export(model, workdir)
-    pack_for_cpu(model)  # as Translator.from_checkpoint does on CPU in fp32
+    pack_for_cpu(model, keep_weights=True)  # as Translator.from_checkpoint does on CPU in fp32, plus plain weights
     ct2_dir = TransformersConverter(str(hf_dir)).convert(str(workdir / "ct2"), force=True)
     hf = transformers.MarianMTModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
@@ -74,6 +82,18 @@ def cpu_name() -> str:
 
 def run_ours(model, src, length, beam):
     return [nbest[0][:length] for nbest in decode(model, src, length, beam, use_cache=True)]
+
+
+def compiled_search(model, batch, src_len, length, beam, span):
+    """ours_compiled's search object for one cell, and the seconds its first (compiling) run took."""
+    cls = GraphedGreedy if beam == 1 else GraphedBeam
+    return cls(model, batch, src_len, forced_config(length, beam), use_graph=False, span=span, compile=True)
+
+
+def run_compiled(search, src, length, beam):
+    with torch.inference_mode():
+        out = search.run(src)
+    return [(h if beam == 1 else h[0]).tokens[:length] for h in out]
 
 
 def run_hf(hf, hf_src, ids: IdMap, length, beam):
@@ -107,6 +127,10 @@ def main() -> None:
             tokens = batch * length
             cell = {"search": "greedy" if beam == 1 else f"beam{beam}", "batch": batch, "length": length}
             s_ours, ours = timed(lambda: run_ours(model, all_src[:batch], length, beam), args.repeats)
+            if not args.no_compile:
+                search = compiled_search(model, batch, args.src_len, length, beam, args.span)
+                compile_s, _ = timed(lambda: run_compiled(search, all_src[:batch], length, beam), 1)
+                s_comp, compiled = timed(lambda: run_compiled(search, all_src[:batch], length, beam), args.repeats)
             s_ct2, from_ct2 = timed(lambda: run_ct2(ct2, ct2_all[:batch], length, beam, tokenizer, ids), args.repeats)
             s_hf, from_hf = timed(lambda: run_hf(hf, hf_all[:batch], ids, length, beam), args.repeats)
             for name, seconds in (("ours", s_ours), ("ctranslate2", s_ct2), ("hf", s_hf)):
@@ -114,6 +138,12 @@ def main() -> None:
             cell["ours_vs_ctranslate2"] = round(s_ct2 / s_ours, 2)
             cell["ours_vs_hf"] = round(s_hf / s_ours, 2)
             cell["same_tokens"] = {"ctranslate2": from_ct2 == ours, "hf": from_hf == ours}
+            if not args.no_compile:
+                cell["ours_compiled"] = {"seconds": round(s_comp, 4), "tgt_tokens_per_s": round(tokens / s_comp, 1),
+                                         "compile_seconds": round(compile_s, 1)}
+                cell["ours_compiled_vs_ctranslate2"] = round(s_ct2 / s_comp, 2)
+                cell["ours_compiled_vs_hf"] = round(s_hf / s_comp, 2)
+                cell["same_tokens"]["ours_compiled"] = compiled == ours
             results.append(cell)
             print(json.dumps(cell), file=sys.stderr, flush=True)
 
@@ -123,7 +153,7 @@ def main() -> None:
         "transformers": hf_version, "ctranslate2": ct2_version,
         "model": {"layers": f"{args.layers}+{args.layers}", "d_model": args.d_model, "heads": 8, "d_ff": 4 * args.d_model,
                   "vocab": args.vocab, "params_m": args.params_m},
-        "src_len": args.src_len, "repeats": args.repeats, "results": results,
+        "src_len": args.src_len, "repeats": args.repeats, "span": args.span, "results": results,
     }, indent=1))
 
 

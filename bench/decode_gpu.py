@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infer import SearchConfig, beam_search, greedy_search  # noqa: E402
+from decode import forced_config as forced  # noqa: E402
+from infer import beam_search, greedy_search  # noqa: E402
 from infer.graphed import GraphedBeam, GraphedGreedy  # noqa: E402
 from peers import IdMap, add_grid_options, export, grid, random_source, timed, transformer_base  # noqa: E402
 from seq2seq import ModelConfig, Transformer  # noqa: E402
@@ -40,10 +41,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of ours per cell; the median is reported")
     p.add_argument("--hf-repeats", type=int, default=1, help="timed runs of HF per cell")
     return p.parse_args()
-
-
-def forced(length: int, beam: int) -> SearchConfig:
-    return SearchConfig(beam_size=beam, length_norm="none", max_len_a=0.0, max_len_b=length, max_len=length, min_len=length)
 
 
 def copy_bandwidth() -> float:

@@ -156,14 +156,16 @@ class StaticCache:
     MultiHeadAttention.attend), masked to each row's own history: the same keys as a reordered
     cache, without copying the cache each step.
 
-    self_kv (Y, 2, B, H, M * G, Dh): slot g's position p at index p * G + g, as in DecoderCache,
-    so the first `span` positions of every slot are one slice. ancestors (N, M).
-    cross_kv (Y, 2, B, H, S, Dh) as in DecoderCache.
+    self_kv: per layer, a K and a V buffer (B, H, M * G, Dh), each its own allocation: slot g's
+    position p at index p * G + g, as in DecoderCache, so the first `span` positions of every
+    slot are one slice. Separate buffers let torch.compile write a position in place; a write
+    into a view of one shared buffer makes it rebuild that whole buffer every layer.
+    ancestors (N, M). cross_kv (Y, 2, B, H, S, Dh) as in DecoderCache.
     """
 
-    def __init__(self, self_kv: Tensor, cross_kv: Tensor, src_mask: Tensor, beam_size: int):
+    def __init__(self, self_kv: list[tuple[Tensor, Tensor]], cross_kv: Tensor, src_mask: Tensor, beam_size: int):
         self.self_kv, self.cross_kv, self.src_mask, self.beam_size = self_kv, cross_kv, src_mask, beam_size
-        device = self_kv.device
+        device = cross_kv.device
         self.length = torch.zeros(1, dtype=torch.long, device=device)  # next position to write
         self.key_positions = torch.arange(self.capacity, device=device)  # (M,)
         self.slots = torch.arange(beam_size, device=device)  # (G,)
@@ -176,11 +178,12 @@ class StaticCache:
     @classmethod
     def allocate(cls, cross_kv: Tensor, src_mask: Tensor, max_len: int, beam_size: int = 1) -> "StaticCache":
         y, _, b, h, _, dh = cross_kv.shape
-        return cls(cross_kv.new_zeros(y, 2, b, h, beam_size * max_len, dh), cross_kv, src_mask, beam_size)
+        buffer = lambda: cross_kv.new_zeros(b, h, beam_size * max_len, dh)  # noqa: E731
+        return cls([(buffer(), buffer()) for _ in range(y)], cross_kv, src_mask, beam_size)
 
     @property
     def capacity(self) -> int:
-        return self.self_kv.size(4) // self.beam_size
+        return self.self_kv[0][0].size(2) // self.beam_size
 
     def load(self, cross_kv: Tensor, src_mask: Tensor) -> None:
         """Start a new batch of the same shape in the same buffers (a captured graph reads them)."""
@@ -228,8 +231,10 @@ class StaticLayerCache(LayerCache):
         index = c.length * g + c.slots  # (G,): where each slot's position goes
         kv = c.self_kv[self.index]
         for buffer, new in zip(kv, (k, v)):
-            buffer.index_copy_(2, index, new.view(n // g, g, h, dh).transpose(1, 2))
-        return kv[0, :, :, : c.span * g], kv[1, :, :, : c.span * g]
+            # Indexed assignment, not index_copy_: compiled, it stores the G new positions only,
+            # where index_copy_ becomes a pass over the whole buffer.
+            buffer[:, :, index] = new.view(n // g, g, h, dh).transpose(1, 2)
+        return kv[0][:, :, : c.span * g], kv[1][:, :, : c.span * g]
 
     def self_mask(self, t_new: int) -> Tensor:
         """Which keys each row sees (see StaticCache.build_mask); built once a step, by layer 0."""

@@ -28,26 +28,68 @@ def available() -> bool:
 ROWS_HINT = 32
 
 
-class PackedLinear(nn.Module):
-    """y = x W^T + b on a oneDNN-packed W (O, I); x (..., I) fp32 on CPU -> (..., O)."""
+# Rows at most this many, under torch.compile, are multiplied as one fused reduction per row over
+# a plain copy of the weight (PackedLinear(keep_weight=True)): inductor streams the weight once for
+# all of them, near the memory bandwidth, where a oneDNN product of 1-4 rows reads it at about
+# two thirds of that (bench/cpu_linears.py); from 32 rows on, oneDNN's blocked product wins.
+REDUCE_ROWS = 4
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, rows_hint: int = ROWS_HINT):
+
+@torch.library.custom_op("seq2seq::packed_linear", mutates_args=())
+def _packed_linear(rows: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    """oneDNN's packed product as one opaque call to torch.compile, which cannot trace the
+    packed weight itself. rows (M, I) -> (M, O)."""
+    return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+
+
+@_packed_linear.register_fake
+def _(rows, packed, bias, out_features):
+    return rows.new_empty(rows.size(0), out_features)
+
+
+@torch.library.custom_op("seq2seq::materialize", mutates_args=())
+def _materialize(x: Tensor) -> Tensor:
+    """A copy torch.compile cannot see through: the reduction below then reads x from memory
+    instead of recomputing x's producer (a layer norm, say) for every output feature."""
+    return x.clone()
+
+
+@_materialize.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class PackedLinear(nn.Module):
+    """y = x W^T + b on a oneDNN-packed W (O, I); x (..., I) fp32 on CPU -> (..., O).
+    keep_weight: also keep W unpacked, for the few-row products of compiled decoding."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, rows_hint: int = ROWS_HINT, keep_weight: bool = False):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), rows_hint))
+        plain = weight.detach().float().contiguous()
+        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(plain, rows_hint))
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        self.register_buffer("weight", plain if keep_weight else None)
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features).contiguous()
-        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        if not torch.compiler.is_compiling():
+            y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        elif self.weight is not None and rows.size(0) <= REDUCE_ROWS:
+            rows = _materialize(rows)
+            y = torch.stack([(self.weight * row).sum(-1) for row in rows.unbind(0)])
+            y = y if self.bias is None else y + self.bias
+        else:
+            y = _packed_linear(rows, self.packed, self.bias, self.out_features)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT) -> Transformer:
+def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT, keep_weights: bool = False) -> Transformer:
     """Swap the model's linear layers (and its tied output projection) for packed ones, and give
     each attention one packed q/k/v projection for self-attention, in place; returns the model.
-    rows_hint: the rows a product is laid out for (see ROWS_HINT). Needs an fp32 model on CPU,
-    and oneDNN."""
+    rows_hint: the rows a product is laid out for (see ROWS_HINT). keep_weights: keep every
+    weight unpacked as well (twice the memory), for infer.graphed's compiled searches. Needs an
+    fp32 model on CPU, and oneDNN."""
     if not available():
         raise RuntimeError("this PyTorch build has no oneDNN packed linear kernels")
     if next(model.parameters()).device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
@@ -56,11 +98,11 @@ def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT) -> Transformer:
         for attn in [layer.self_attn for layer in [*model.encoder_layers, *model.decoder_layers]]:
             # q, k and v of self-attention in one product: one call instead of three.
             attn.qkv_proj = PackedLinear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                                         torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]), rows_hint)
+                                         torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]), rows_hint, keep_weights)
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(module, name, PackedLinear(child.weight, child.bias, rows_hint))
+                    setattr(module, name, PackedLinear(child.weight, child.bias, rows_hint, keep_weights))
         if model.output_proj is None:  # tied: the projection reads the target embedding table
-            model.output_proj = PackedLinear(model.tgt_embed.weight, None, rows_hint)
+            model.output_proj = PackedLinear(model.tgt_embed.weight, None, rows_hint, keep_weights)
     return model.eval()

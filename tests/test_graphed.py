@@ -1,11 +1,15 @@
-"""The CUDA-graph greedy step, run eagerly on CPU: the same hypotheses as run_greedy, and a
-static-cache step that gives the same logits as the growing cache."""
+"""The CUDA-graph greedy and beam steps, run eagerly and compiled on CPU: the same hypotheses
+as run_greedy and run_beam, and a static-cache step that gives the same logits as the growing
+cache."""
+import copy
+
 import pytest
 import torch
 
 from infer.graphed import GraphedGreedy
 from infer.greedy import greedy_search
 from infer.search import SearchConfig
+from seq2seq import packed
 from seq2seq.cache import StaticCache
 from tests.conftest import BOS, pad_batch, random_sentences, tiny_model
 
@@ -69,3 +73,41 @@ def test_graphed_beam_equals_run_beam(case, span, copy_model):
             for g, r in zip(g_n, r_n):
                 assert g.log_prob == pytest.approx(r.log_prob, abs=1e-5) and g.score == pytest.approx(r.score, abs=1e-5)
     assert any(len(n) > 1 for n in reference) or cfg.n_best == 1
+
+
+@pytest.mark.skipif(not packed.available(), reason="no oneDNN in this PyTorch build")
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_compiled_cpu_search_equals_the_eager_search(search, copy_model):
+    """torch.compile of the static step on CPU (compile=True), on a model packed with its plain
+    weights kept: the same hypotheses as the eager searches. Greedy runs 3 rows (the fused
+    reductions of compiled products of at most REDUCE_ROWS rows) over spans of 4 (the step
+    compiled for one span, then for any); beam runs 2 x 3 rows (the opaque packed product)."""
+    from infer.beam import beam_search
+    from infer.graphed import GraphedBeam
+
+    model = packed.pack_for_cpu(copy.deepcopy(copy_model), keep_weights=True)
+    if search == "greedy":
+        src = pad_batch(random_sentences(3, 1, 6, 12, seed=3))
+        cfg = SearchConfig(beam_size=1, min_len=2, length_norm="gnmt")
+        reference = [[h] for h in greedy_search(copy_model, src, cfg)]
+        compiled = GraphedGreedy(model, src.size(0), src.size(1), cfg, use_graph=False, span=4, compile=True)
+        nbest = lambda out: [[h] for h in out]  # noqa: E731
+    else:
+        src = pad_batch(random_sentences(2, 1, 6, 12, seed=4))
+        cfg = SearchConfig(beam_size=3, n_best=2, max_len_a=0.0, max_len_b=9, max_len=9)
+        reference = beam_search(copy_model, src, cfg)
+        compiled = GraphedBeam(model, src.size(0), src.size(1), cfg, use_graph=False, span=16, compile=True)
+        nbest = lambda out: out  # noqa: E731
+    rows = src.size(0) * cfg.beam_size
+    assert rows <= packed.REDUCE_ROWS if search == "greedy" else rows > packed.REDUCE_ROWS
+    got = nbest(compiled.run(src))
+    assert [[h.tokens for h in n] for n in got] == [[h.tokens for h in n] for n in reference]
+    for g_n, r_n in zip(got, reference):
+        for g, r in zip(g_n, r_n):
+            assert g.log_prob == pytest.approx(r.log_prob, abs=1e-4) and g.score == pytest.approx(r.score, abs=1e-4)
+    assert len({len(n[0].tokens) for n in reference}) > 1  # rows finish at different steps
+
+
+def test_compile_is_refused_with_cuda_graphs(copy_model):
+    with pytest.raises(ValueError, match="use_graph=False"):
+        GraphedGreedy(copy_model, 2, 5, SearchConfig(beam_size=1), use_graph=True, compile=True)

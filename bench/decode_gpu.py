@@ -14,7 +14,11 @@ reading the weights once a token (weight bytes per step / measured copy bandwidt
 Ours: infer.graphed.GraphedGreedy and GraphedBeam (one CUDA graph per step, no host sync but
 an "all done?" check every 8 steps). It also checks, in fp32, that our cached decoding (graphed
 greedy and beam, and the eager cached beam search) returns the same tokens as our uncached
-reference.
+reference. With --compile-batches, those batches also run "ours_compiled": the same searches
+with compile=True, the step fused by torch.compile before it is captured (compile and capture
+in an untimed first run, reported as compile_seconds), checked to return ours' tokens.
+
+    python bench/decode_gpu.py --hf-repeats 3 --compile-batches 1
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     add_grid_options(p, batches="1,32,128")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of ours per cell; the median is reported")
     p.add_argument("--hf-repeats", type=int, default=1, help="timed runs of HF per cell")
+    p.add_argument("--compile-batches", default="", help="batches that also run ours_compiled: the step compiled by "
+                   "torch.compile, then captured (compile=True); e.g. 1")
     return p.parse_args()
 
 
@@ -82,11 +88,11 @@ def main() -> None:
     all_src = random_source(max(batch for _, batch, _ in grid(args)), args.src_len, args.vocab, cfg.eos_id).cuda()
     sync = torch.cuda.synchronize
 
-    def ours(src, length, beam, graphs):
-        key = (src.size(0), length, beam)
+    def ours(src, length, beam, graphs, compile=False):
+        key = (src.size(0), length, beam, compile)
         if key not in graphs:
             cls = GraphedGreedy if beam == 1 else GraphedBeam
-            graphs[key] = cls(model, src.size(0), src.size(1), forced(length, beam))
+            graphs[key] = cls(model, src.size(0), src.size(1), forced(length, beam), compile=compile)
         result = graphs[key].run(src)
         return [h.tokens for h in result] if beam == 1 else [n[0].tokens for n in result]
 
@@ -106,6 +112,12 @@ def main() -> None:
         checks["beam4_cached_fp32_equals_uncached"] = [n[0].tokens for n in beam_search(model32, src, forced(32, 4))] == reference
         checks["beam4_graphed_fp32_equals_uncached"] = (
             [n[0].tokens for n in GraphedBeam(model32, 32, src.size(1), forced(32, 4)).run(src)] == reference)
+        compile_batches = [int(b) for b in args.compile_batches.split(",") if b]
+        if compile_batches:
+            src = all_src[: compile_batches[0]]
+            reference = [h.tokens for h in greedy_search(model32, src, forced(32, 1), use_cache=False)]
+            checks["greedy_graphed_compiled_fp32_equals_uncached"] = (
+                [h.tokens for h in GraphedGreedy(model32, src.size(0), src.size(1), forced(32, 1), compile=True).run(src)] == reference)
     print(json.dumps(checks), file=sys.stderr, flush=True)
 
     graphs: dict = {}
@@ -127,6 +139,20 @@ def main() -> None:
         cell["ours_vs_hf"] = round(s_hf / s_ours, 2)
         if batch == 1:
             cell["fraction_of_weight_read_bound"] = round(tokens / s_ours / bound, 3)
+        if batch in compile_batches:
+            with torch.inference_mode():
+                compile_s, _ = timed(lambda: ours(src, length, beam, graphs, compile=True), 1, sync)  # compile and capture
+                s_comp, compiled = timed(lambda: ours(src, length, beam, graphs, compile=True), args.repeats, sync)
+                eager = ours(src, length, beam, graphs)
+            # bf16: fused kernels round differently, and random weights give near-flat
+            # distributions, so argmaxes may flip; the fp32 check above is the equality test.
+            agree = sum(a == b for x, y in zip(compiled, eager) for a, b in zip(x, y)) / sum(len(x) for x in eager)
+            cell["ours_compiled"] = {"seconds": round(s_comp, 4), "tgt_tokens_per_s": round(tokens / s_comp, 1),
+                                     "compile_seconds": round(compile_s, 1), "same_tokens_as_ours": compiled == eager,
+                                     "tokens_as_ours": round(agree, 3)}
+            cell["ours_compiled_vs_hf"] = round(s_hf / s_comp, 2)
+            if batch == 1:
+                cell["ours_compiled_fraction_of_weight_read_bound"] = round(tokens / s_comp / bound, 3)
         results.append(cell)
         print(json.dumps(cell), file=sys.stderr, flush=True)
 

@@ -10,13 +10,14 @@ asks "all done?" only every `check_every` steps. The searches are run_greedy's a
 same tokens, log-probs and scores (tests compare them eagerly on CPU; bench/decode_gpu.py on
 the GPU).
 
-On CPU the same step can be compiled instead (compile=True): torch.compile fuses it into a few
-C++ loops, which takes away the per-operator overhead of eager PyTorch (about a third of a
-batch-1 step) and, on a model packed with seq2seq.packed.pack_for_cpu(keep_weights=True),
-multiplies 1-4 rows by the weights as fused reductions that stream them near the memory
-bandwidth. It compiles once per span bucket, for fixed shapes (kernels compiled for any span ran
-up to 1.5x slower): 10-40 s each on two cores the first time, less from inductor's on-disk cache
-after that; a coarser span (32) means fewer compiles.
+The step can also be compiled (compile=True). On CUDA, torch.compile fuses its small kernels
+before the capture. On CPU, without graphs, it turns the step into a few C++ loops: no
+per-operator overhead of eager PyTorch (about a third of a batch-1 step), and, on a model
+packed with seq2seq.packed.pack_for_cpu(keep_weights=True), products of 1-4 rows as fused
+reductions that stream the weights near the memory bandwidth. On CPU it compiles once per span
+bucket, for fixed shapes (kernels compiled for any span ran up to 1.5x slower): 10-40 s each on
+two cores the first time, less from inductor's on-disk cache after that; a coarser span (32)
+means fewer compiles.
 
 Shapes: B sentences, K beam size, N = B * K rows, S source length, M steps (budget + 1),
 V vocabulary, C = 2K candidates, F = n_best finished hypotheses kept per sentence.
@@ -41,11 +42,12 @@ class _Graphed:
         positions = model.tgt_embed.positions  # follows the model's device and dtype (packed weights are buffers)
         device, dtype = positions.device, positions.dtype
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
-        if compile and self.use_graph:
-            raise ValueError("compile=True is the CPU alternative to CUDA graphs; pass use_graph=False")
-        # fullgraph: a graph break would silently run part of every step eagerly. dynamic=False:
-        # one compile per span (the only thing that changes), each with fixed-size loops.
-        self.compiled = torch.compile(self._step_at, fullgraph=True, dynamic=False) if compile else None
+        # fullgraph: a graph break would silently run part of every step eagerly. On CPU,
+        # dynamic=False: one compile per span (the only thing that changes), each with fixed-size
+        # loops. On CUDA the compiled step is captured as a graph per span, and compiled for any
+        # span after the second one it meets: Triton kernels bound-check their loops anyway.
+        dynamic = None if device.type == "cuda" else False
+        self.compiled = torch.compile(self._step_at, fullgraph=True, dynamic=dynamic) if compile else None
         self.steps = min(cfg.max_len, mc.max_positions - 1) + 1  # the longest budget, plus EOS
         cross = torch.zeros(mc.n_decoder_layers, 2, batch, mc.n_heads, src_len, mc.head_dim, device=device, dtype=dtype)
         mask = torch.zeros(batch, 1, 1, src_len, dtype=torch.bool, device=device)
@@ -71,21 +73,28 @@ class _Graphed:
         self.cache.span = span
         self._step()
 
+    def _run_step(self, span: int) -> None:
+        if self.compiled is None:
+            return self._step_at(span)
+        # Every object compiles the same method; the default limit of 8 compiled versions per
+        # function would send later objects back to eager PyTorch.
+        with torch._dynamo.config.patch(recompile_limit=1024):
+            self.compiled(span)
+
     def _capture(self) -> None:
         """A graph per span. Warm-ups run real steps on whatever state is there; run resets it."""
         pool = None  # the graphs replay one at a time, so they share one memory pool
         for span in sorted({self._span(t) for t in range(self.steps)}):
             self._reset()
-            self.cache.span = span
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
+            with torch.cuda.stream(stream):  # warm-up (and compile) off the default stream, as capture requires
                 for _ in range(2):
-                    self._step()
+                    self._run_step(span)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self._step()
+                self._run_step(span)
             pool = graph.pool()
             self.graphs[span] = graph
 
@@ -104,13 +113,8 @@ class _Graphed:
             span = self._span(t)
             if self.use_graph:
                 self.graphs[span].replay()
-            elif self.compiled is not None:
-                # Every object compiles the same method; the default limit of 8 compiled
-                # versions per function would send later objects back to eager PyTorch.
-                with torch._dynamo.config.patch(recompile_limit=1024):
-                    self.compiled(span)
             else:
-                self._step_at(span)
+                self._run_step(span)
             if (t + 1) % self.check_every == 0 and bool(self._all_done()):  # the only sync
                 break
         return self._results()

@@ -49,8 +49,9 @@ def _(rows, packed, bias, out_features):
 
 @torch.library.custom_op("seq2seq::materialize", mutates_args=())
 def _materialize(x: Tensor) -> Tensor:
-    """A copy torch.compile cannot see through: the reduction below then reads x from memory
-    instead of recomputing x's producer (a layer norm, say) for every output feature."""
+    """A copy torch.compile cannot see through: the reductions below then read x from memory
+    instead of recomputing x's producer (a layer norm, say) for every output feature of every
+    row (beam 4 at batch 1: 85 tokens/s with it, 70 without)."""
     return x.clone()
 
 
@@ -76,7 +77,8 @@ class PackedLinear(nn.Module):
         if not torch.compiler.is_compiling():
             y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         elif self.weight is not None and rows.size(0) <= REDUCE_ROWS:
-            rows = _materialize(rows)
+            if rows.size(0) > 1:  # one row: recomputing the producer per output costs less than a copy
+                rows = _materialize(rows)
             y = torch.stack([(self.weight * row).sum(-1) for row in rows.unbind(0)])
             y = y if self.bias is None else y + self.bias
         else:

@@ -46,3 +46,15 @@ def test_translator_from_checkpoint_packs_on_cpu_and_translates_the_same(tmp_pat
     assert not any(isinstance(m, packed.PackedLinear) for m in plain.model.modules())
     lines = (multi30k_slice / "val.de").read_text(encoding="utf-8").splitlines()[:10]
     assert fast.translate(lines, beam_size=3, max_len=12) == plain.translate(lines, beam_size=3, max_len=12)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 6])  # a reduction on the input as computed, on a copy of it; the packed product
+def test_compiled_products_equal_the_plain_layer(rows):
+    """Under torch.compile a PackedLinear with its weight kept multiplies up to REDUCE_ROWS rows as
+    fused reductions, more through the opaque packed op; a layer norm before it may fuse in."""
+    torch.manual_seed(0)
+    plain, norm = torch.nn.Linear(16, 24), torch.nn.LayerNorm(16)
+    fast = packed.PackedLinear(plain.weight, plain.bias, keep_weight=True)
+    x = torch.randn(rows, 1, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(lambda x: fast(norm(x)), fullgraph=True)(x), plain(norm(x)))

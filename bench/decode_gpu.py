@@ -107,11 +107,11 @@ def main() -> None:
         src = all_src[:32]
         reference = [h.tokens for h in greedy_search(model32, src, forced(32, 1), use_cache=False)]
         checks["greedy_graphed_fp32_equals_uncached"] = (
-            [h.tokens for h in GraphedGreedy(model32, 32, src.size(1), forced(32, 1)).run(src)] == reference)
+            [h.tokens for h in GraphedGreedy(model32, src.size(0), src.size(1), forced(32, 1)).run(src)] == reference)
         reference = [n[0].tokens for n in beam_search(model32, src, forced(32, 4), use_cache=False)]
         checks["beam4_cached_fp32_equals_uncached"] = [n[0].tokens for n in beam_search(model32, src, forced(32, 4))] == reference
         checks["beam4_graphed_fp32_equals_uncached"] = (
-            [n[0].tokens for n in GraphedBeam(model32, 32, src.size(1), forced(32, 4)).run(src)] == reference)
+            [n[0].tokens for n in GraphedBeam(model32, src.size(0), src.size(1), forced(32, 4)).run(src)] == reference)
         compile_batches = [int(b) for b in args.compile_batches.split(",") if b]
         if compile_batches:
             src = all_src[: compile_batches[0]]

@@ -39,6 +39,7 @@ class _Graphed:
                  use_graph: bool | None, check_every: int, span: int = 16, compile: bool = False):
         mc = model.config
         self.model, self.cfg, self.check_every, self.beam_size, self.span = model, cfg, check_every, beam_size, span
+        self.shape = (batch, src_len)
         positions = model.tgt_embed.positions  # follows the model's device and dtype (packed weights are buffers)
         device, dtype = positions.device, positions.dtype
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
@@ -102,6 +103,8 @@ class _Graphed:
     def run(self, src: Tensor):
         """src (B, S) right-padded, of this object's shape -> the search's results."""
         model, mc = self.model, self.model.config
+        if tuple(src.shape) != self.shape:  # a copy into the static buffers would broadcast a smaller batch
+            raise ValueError(f"this search was built for source batches of shape {self.shape}, got {tuple(src.shape)}")
         memory = model.encode(src)
         cross = torch.stack([torch.stack(layer.cross_attn.project_kv(memory)) for layer in model.decoder_layers])
         self.cache.load(cross, model.padding_mask(src))

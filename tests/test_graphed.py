@@ -103,3 +103,10 @@ def test_compiled_cpu_search_equals_the_eager_search(search, batch, copy_model):
         for g, r in zip(g_n, r_n):
             assert g.log_prob == pytest.approx(r.log_prob, abs=1e-4) and g.score == pytest.approx(r.score, abs=1e-4)
     assert model.output_proj.weight is not None and (batch * cfg.beam_size > packed.REDUCE_ROWS) == (batch == 2)
+
+
+def test_graphed_search_refuses_a_batch_of_another_shape(copy_model):
+    """The static buffers hold (B, S); a smaller batch would broadcast into them silently."""
+    search = GraphedGreedy(copy_model, 3, 5, SearchConfig(beam_size=1), use_graph=False)
+    with pytest.raises(ValueError, match=r"built for source batches of shape \(3, 5\), got \(1, 5\)"):
+        search.run(pad_batch(random_sentences(1, 4, 4, 12, seed=1)))

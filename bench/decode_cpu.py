@@ -85,7 +85,7 @@ def run_ours(model, src, length, beam):
 
 
 def compiled_search(model, batch, src_len, length, beam, span):
-    """ours_compiled's search object for one cell, and the seconds its first (compiling) run took."""
+    """ours_compiled's search object for one cell; its first run compiles."""
     cls = GraphedGreedy if beam == 1 else GraphedBeam
     return cls(model, batch, src_len, forced_config(length, beam), use_graph=False, span=span, compile=True)
 

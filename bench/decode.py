@@ -118,6 +118,20 @@ def forced_config(length: int, beam: int) -> SearchConfig:
     return SearchConfig(beam_size=beam, length_norm="none", max_len_a=0.0, max_len_b=length, max_len=length, min_len=length)
 
 
+def graphed_search(model, batch: int, src_len: int, length: int, beam: int, **options):
+    """infer.graphed's greedy (beam 1) or beam search for a forced length; options: use_graph,
+    span, compile."""
+    from infer.graphed import GraphedBeam, GraphedGreedy
+
+    cls = GraphedGreedy if beam == 1 else GraphedBeam
+    return cls(model, batch, src_len, forced_config(length, beam), **options)
+
+
+def best_tokens(result, beam: int) -> list[list[int]]:
+    """The best hypothesis's tokens per sentence, from a greedy (beam 1) or beam search's result."""
+    return [(h if beam == 1 else h[0]).tokens for h in result]
+
+
 def decode(model, src, length: int, beam: int, use_cache: bool):
     cfg = forced_config(length, beam)
     if beam == 1:

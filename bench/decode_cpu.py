@@ -38,8 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode import decode, forced_config  # noqa: E402  (bench/decode.py: our cached search at a forced length)
-from infer.graphed import GraphedBeam, GraphedGreedy  # noqa: E402
+from decode import best_tokens, decode, graphed_search  # noqa: E402  (bench/decode.py: our searches at a forced length)
 from peers import IdMap, add_grid_options, export, grid, random_source, timed, transformer_base  # noqa: E402
 from seq2seq.packed import pack_for_cpu  # noqa: E402
 
@@ -84,16 +83,9 @@ def run_ours(model, src, length, beam):
     return [nbest[0][:length] for nbest in decode(model, src, length, beam, use_cache=True)]
 
 
-def compiled_search(model, batch, src_len, length, beam, span):
-    """ours_compiled's search object for one cell; its first run compiles."""
-    cls = GraphedGreedy if beam == 1 else GraphedBeam
-    return cls(model, batch, src_len, forced_config(length, beam), use_graph=False, span=span, compile=True)
-
-
 def run_compiled(search, src, length, beam):
     with torch.inference_mode():
-        out = search.run(src)
-    return [(h if beam == 1 else h[0]).tokens[:length] for h in out]
+        return [tokens[:length] for tokens in best_tokens(search.run(src), beam)]
 
 
 def run_hf(hf, hf_src, ids: IdMap, length, beam):
@@ -128,7 +120,8 @@ def main() -> None:
             cell = {"search": "greedy" if beam == 1 else f"beam{beam}", "batch": batch, "length": length}
             s_ours, ours = timed(lambda: run_ours(model, all_src[:batch], length, beam), args.repeats)
             if not args.no_compile:
-                search = compiled_search(model, batch, args.src_len, length, beam, args.span)
+                # ours_compiled's search for this cell; its first run compiles
+                search = graphed_search(model, batch, args.src_len, length, beam, use_graph=False, span=args.span, compile=True)
                 compile_s, _ = timed(lambda: run_compiled(search, all_src[:batch], length, beam), 1)
                 s_comp, compiled = timed(lambda: run_compiled(search, all_src[:batch], length, beam), args.repeats)
             s_ct2, from_ct2 = timed(lambda: run_ct2(ct2, ct2_all[:batch], length, beam, tokenizer, ids), args.repeats)

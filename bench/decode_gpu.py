@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from decode import best_tokens, graphed_search  # noqa: E402
 from decode import forced_config as forced  # noqa: E402
 from infer import beam_search, greedy_search  # noqa: E402
-from infer.graphed import GraphedBeam, GraphedGreedy  # noqa: E402
 from peers import IdMap, add_grid_options, export, grid, random_source, timed, transformer_base  # noqa: E402
 from seq2seq import ModelConfig, Transformer  # noqa: E402
 
@@ -91,10 +91,8 @@ def main() -> None:
     def ours(src, length, beam, graphs, compile=False):
         key = (src.size(0), length, beam, compile)
         if key not in graphs:
-            cls = GraphedGreedy if beam == 1 else GraphedBeam
-            graphs[key] = cls(model, src.size(0), src.size(1), forced(length, beam), compile=compile)
-        result = graphs[key].run(src)
-        return [h.tokens for h in result] if beam == 1 else [n[0].tokens for n in result]
+            graphs[key] = graphed_search(model, src.size(0), src.size(1), length, beam, compile=compile)
+        return best_tokens(graphs[key].run(src), beam)
 
     def theirs(src, length, beam):
         with torch.inference_mode():
@@ -107,17 +105,17 @@ def main() -> None:
         src = all_src[:32]
         reference = [h.tokens for h in greedy_search(model32, src, forced(32, 1), use_cache=False)]
         checks["greedy_graphed_fp32_equals_uncached"] = (
-            [h.tokens for h in GraphedGreedy(model32, src.size(0), src.size(1), forced(32, 1)).run(src)] == reference)
+            best_tokens(graphed_search(model32, src.size(0), src.size(1), 32, 1).run(src), 1) == reference)
         reference = [n[0].tokens for n in beam_search(model32, src, forced(32, 4), use_cache=False)]
         checks["beam4_cached_fp32_equals_uncached"] = [n[0].tokens for n in beam_search(model32, src, forced(32, 4))] == reference
         checks["beam4_graphed_fp32_equals_uncached"] = (
-            [n[0].tokens for n in GraphedBeam(model32, src.size(0), src.size(1), forced(32, 4)).run(src)] == reference)
+            best_tokens(graphed_search(model32, src.size(0), src.size(1), 32, 4).run(src), 4) == reference)
         compile_batches = [int(b) for b in args.compile_batches.split(",") if b]
         if compile_batches:
             src = all_src[: compile_batches[0]]
             reference = [h.tokens for h in greedy_search(model32, src, forced(32, 1), use_cache=False)]
             checks["greedy_graphed_compiled_fp32_equals_uncached"] = (
-                [h.tokens for h in GraphedGreedy(model32, src.size(0), src.size(1), forced(32, 1), compile=True).run(src)] == reference)
+                best_tokens(graphed_search(model32, src.size(0), src.size(1), 32, 1, compile=True).run(src), 1) == reference)
     print(json.dumps(checks), file=sys.stderr, flush=True)
 
     graphs: dict = {}

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from seq2seq.attention import MultiHeadAttention
+from seq2seq.attention import MultiHeadAttention, attend_by_reduction
 
 
 def explicit_attention(q, k, v, mask):
@@ -48,3 +48,29 @@ def test_grouped_queries_equal_keys_copied_per_group():
         q, k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0), mask.repeat_interleave(beams, 0)
     )
     torch.testing.assert_close(grouped, copied, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_by_reduction_matches_explicit_softmax():
+    """The reductions a compiled CPU decoding step attends with (eager here) equal the explicit
+    formula, with a padding mask and with beams folded into the query length."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
+    mask = (torch.arange(7) < torch.tensor([7, 2])[:, None])[:, None, None, :]
+    torch.testing.assert_close(attend_by_reduction(q, k, v, mask), explicit_attention(q, k, v, mask),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_decoding_attention_equals_sdpa():
+    """Compiled on CPU, a few query rows take the reductions; the output equals eager SDPA's."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(d_model=32, n_heads=4).eval()
+    x, memory = torch.randn(2 * 3, 1, 32), torch.randn(2, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)[:, None, None, :]
+
+    def attend(x, memory, mask):
+        k, v = attn.project_kv(memory)
+        return attn.attend(attn.project_q(x), k, v, mask)
+
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(attend, fullgraph=True)(x, memory, mask), attend(x, memory, mask),
+                                   rtol=1e-5, atol=1e-6)

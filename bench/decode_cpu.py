@@ -13,7 +13,8 @@ runs L+1 free steps). Tokens/s counts the L forced tokens per sentence. Prints o
 
 Ours runs two ways on the same packed model:
 - "ours": as Translator.from_checkpoint sets it up on CPU in fp32: weights packed for oneDNN
-  (seq2seq/packed.py), KV cache, the greedy or beam search of infer/;
+  (seq2seq/packed.py), KV cache, the greedy or beam search of infer/; the plain weights are
+  kept too (below), so products of 512 rows or more (the encoder at batch 32) use MKL;
 - "ours_compiled": infer.graphed's static-shape searches with compile=True (the step compiled by
   torch.compile, one compile per span bucket of --span positions), on the same model with its
   plain weights kept for the few-row products. Each cell compiles in an untimed first run, whose

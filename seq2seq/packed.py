@@ -11,6 +11,7 @@ Shapes: M rows (tokens), I input features, O output features.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seq2seq.model import Transformer
@@ -34,6 +35,12 @@ ROWS_HINT = 32
 # so, 9.7-9.8 ms packed, and a plain sum over the same weights 5.2 ms (a scratch measurement on
 # the 2-core AMD EPYC). More rows go to oneDNN's blocked product, which reuses each loaded weight.
 REDUCE_ROWS = 4
+
+# Rows at least this many (the encoder of a batch: sentences x source length) are multiplied by
+# PyTorch's default product (MKL) on the plain weight, where one is kept: from 512 rows it ran
+# 1.11-1.21x faster than oneDNN on weights laid out for ROWS_HINT rows, at 128-256 rows level
+# (the encoder's products, 2-core AMD EPYC, a scratch measurement).
+PLAIN_ROWS = 512
 
 
 @torch.library.custom_op("seq2seq::packed_linear", mutates_args=())
@@ -63,7 +70,8 @@ def _(x):
 
 class PackedLinear(nn.Module):
     """y = x W^T + b on a oneDNN-packed W (O, I); x (..., I) fp32 on CPU -> (..., O).
-    keep_weight: also keep W unpacked, for the few-row products of compiled decoding."""
+    keep_weight: also keep W unpacked, for the few-row products of compiled decoding and the
+    many-row products of a batch's encoder (see REDUCE_ROWS and PLAIN_ROWS)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, rows_hint: int = ROWS_HINT, keep_weight: bool = False):
         super().__init__()
@@ -75,7 +83,9 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features).contiguous()
-        if not torch.compiler.is_compiling():
+        if self.weight is not None and rows.size(0) >= PLAIN_ROWS:
+            y = F.linear(rows, self.weight, self.bias)
+        elif not torch.compiler.is_compiling():
             y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         elif self.weight is not None and rows.size(0) <= REDUCE_ROWS:
             if rows.size(0) > 1:  # one row: recomputing the producer per output costs less than a copy
@@ -91,8 +101,8 @@ def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT, keep_weights: b
     """Swap the model's linear layers (and its tied output projection) for packed ones, and give
     each attention one packed q/k/v projection for self-attention, in place; returns the model.
     rows_hint: the rows a product is laid out for (see ROWS_HINT). keep_weights: keep every
-    weight unpacked as well (twice the memory), for infer.graphed's compiled searches. Needs an
-    fp32 model on CPU, and oneDNN."""
+    weight unpacked as well (twice the memory), for infer.graphed's compiled searches and for
+    products of PLAIN_ROWS rows or more. Needs an fp32 model on CPU, and oneDNN."""
     if not available():
         raise RuntimeError("this PyTorch build has no oneDNN packed linear kernels")
     if next(model.parameters()).device.type != "cpu" or next(model.parameters()).dtype != torch.float32:

@@ -58,3 +58,17 @@ def test_compiled_products_equal_the_plain_layer(rows):
     x = torch.randn(rows, 1, 16)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(lambda x: fast(norm(x)), fullgraph=True)(x), plain(norm(x)))
+
+
+def test_many_rows_take_the_plain_weight(monkeypatch):
+    """From PLAIN_ROWS rows a PackedLinear with its weight kept multiplies the plain weight (MKL);
+    below, the packed one. The packed weight is zeroed here, so the two paths tell apart."""
+    monkeypatch.setattr(packed, "PLAIN_ROWS", 5)
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(16, 24)
+    fast = packed.PackedLinear(plain.weight, plain.bias, keep_weight=True)
+    fast.packed = packed.PackedLinear(torch.zeros_like(plain.weight), None).packed
+    with torch.no_grad():
+        many, few = torch.randn(2, 3, 16), torch.randn(4, 16)
+        torch.testing.assert_close(fast(many), plain(many))
+        torch.testing.assert_close(fast(few), plain.bias.expand(4, 24))

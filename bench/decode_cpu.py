@@ -20,6 +20,9 @@ Ours runs two ways on the same packed model:
   plain weights kept for the few-row products. Each cell compiles in an untimed first run, whose
   seconds are reported as compile_seconds (inductor's on-disk cache shortens later runs).
 
+Timed runs are interleaved: each of --repeats rounds runs every toolkit once, and each toolkit's
+median is reported, so a drift in the machine's speed reaches all of them alike.
+
 The outputs of HF and CTranslate2 are compared with ours token by token over the L forced tokens
 ("same_tokens"). Random weights give nearly flat distributions, so an argmax can flip on fp32
 rounding differences between libraries; agreement is reported, not required (tests/test_export.py
@@ -40,14 +43,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode import best_tokens, decode, graphed_search  # noqa: E402  (bench/decode.py: our searches at a forced length)
-from peers import IdMap, add_grid_options, export, grid, random_source, timed, transformer_base  # noqa: E402
+from peers import IdMap, add_grid_options, export, grid, random_source, timed, timed_rounds, transformer_base  # noqa: E402
 from seq2seq.packed import pack_for_cpu  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_grid_options(p, batches="1,32")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per toolkit and cell; the median is reported")
+    p.add_argument("--repeats", type=int, default=1, help="timed rounds per cell, each running every toolkit once; medians are reported")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for all three (default: every core)")
@@ -119,14 +122,18 @@ def main() -> None:
         for length, batch, beam in grid(args):
             tokens = batch * length
             cell = {"search": "greedy" if beam == 1 else f"beam{beam}", "batch": batch, "length": length}
-            s_ours, ours = timed(lambda: run_ours(model, all_src[:batch], length, beam), args.repeats)
+            runs = {"ours": lambda: run_ours(model, all_src[:batch], length, beam),
+                    "ctranslate2": lambda: run_ct2(ct2, ct2_all[:batch], length, beam, tokenizer, ids),
+                    "hf": lambda: run_hf(hf, hf_all[:batch], ids, length, beam)}
             if not args.no_compile:
                 # ours_compiled's search for this cell; its first run compiles
                 search = graphed_search(model, batch, args.src_len, length, beam, use_graph=False, span=args.span, compile=True)
-                compile_s, _ = timed(lambda: run_compiled(search, all_src[:batch], length, beam), 1)
-                s_comp, compiled = timed(lambda: run_compiled(search, all_src[:batch], length, beam), args.repeats)
-            s_ct2, from_ct2 = timed(lambda: run_ct2(ct2, ct2_all[:batch], length, beam, tokenizer, ids), args.repeats)
-            s_hf, from_hf = timed(lambda: run_hf(hf, hf_all[:batch], ids, length, beam), args.repeats)
+                runs["ours_compiled"] = lambda: run_compiled(search, all_src[:batch], length, beam)
+                compile_s, _ = timed(runs["ours_compiled"], 1)
+            timings = timed_rounds(runs, args.repeats)
+            (s_ours, ours), (s_ct2, from_ct2), (s_hf, from_hf) = timings["ours"], timings["ctranslate2"], timings["hf"]
+            if not args.no_compile:
+                s_comp, compiled = timings["ours_compiled"]
             for name, seconds in (("ours", s_ours), ("ctranslate2", s_ct2), ("hf", s_hf)):
                 cell[name] = {"seconds": round(seconds, 4), "tgt_tokens_per_s": round(tokens / seconds, 1)}
             cell["ours_vs_ctranslate2"] = round(s_ct2 / s_ours, 2)

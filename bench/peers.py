@@ -74,6 +74,19 @@ def random_source(batch: int, length: int, vocab: int, eos_id: int) -> torch.Ten
     return src
 
 
+def timed_rounds(fns: dict, repeats: int) -> dict:
+    """{name: (median seconds, last result)} of `repeats` rounds that each call every fn once, in
+    turn: a machine whose speed drifts during a cell slows every toolkit alike, not only the one
+    that happened to run then (on our shared 2-core CPU, runs a minute apart differ by 15-50%)."""
+    times, outs = {name: [] for name in fns}, {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), outs[name]) for name in fns}
+
+
 def timed(fn, repeats: int, sync=lambda: None):
     """Median seconds of `repeats` calls, and the last call's result."""
     times, out = [], None

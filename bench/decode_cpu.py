@@ -11,14 +11,16 @@ runs L+1 free steps). Tokens/s counts the L forced tokens per sentence. Prints o
     python bench/decode_cpu.py                         # batch 1 and 32, greedy and beam 4, L 32 and 128
     python bench/decode_cpu.py --lengths 32 --batches 1 --repeats 3
 
-Ours runs two ways on the same packed model:
+Ours runs up to three ways on the same packed model:
 - "ours": as Translator.from_checkpoint sets it up on CPU in fp32: weights packed for oneDNN
   (seq2seq/packed.py), KV cache, the greedy or beam search of infer/; the plain weights are
   kept too (below), so products of 512 rows or more (the encoder at batch 32) use MKL;
 - "ours_compiled": infer.graphed's static-shape searches with compile=True (the step compiled by
   torch.compile, one compile per span bucket of --span positions), on the same model with its
   plain weights kept for the few-row products. Each cell compiles in an untimed first run, whose
-  seconds are reported as compile_seconds (inductor's on-disk cache shortens later runs).
+  seconds are reported as compile_seconds (inductor's on-disk cache shortens later runs);
+- "ours_aot", batch 1 greedy only: the same step compiled ahead of time by AOTInductor
+  (infer.aot.compile_ahead), one C++ call a step instead of a call through dynamo.
 
 Timed runs are interleaved: each of --repeats rounds runs every toolkit once, and each toolkit's
 median is reported, so a drift in the machine's speed reaches all of them alike.
@@ -36,6 +38,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -43,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode import best_tokens, decode, graphed_search  # noqa: E402  (bench/decode.py: our searches at a forced length)
+from infer.aot import compile_ahead  # noqa: E402
 from peers import IdMap, add_grid_options, export, grid, random_source, timed, timed_rounds, transformer_base  # noqa: E402
 from seq2seq.packed import pack_for_cpu  # noqa: E402
 
@@ -130,6 +134,11 @@ def main() -> None:
                 search = graphed_search(model, batch, args.src_len, length, beam, use_graph=False, span=args.span, compile=True)
                 runs["ours_compiled"] = lambda: run_compiled(search, all_src[:batch], length, beam)
                 compile_s, _ = timed(runs["ours_compiled"], 1)
+                if batch * beam == 1:  # 1-row steps: also compiled ahead of time (infer.aot)
+                    start = time.perf_counter()
+                    ahead = compile_ahead(graphed_search(model, 1, args.src_len, length, 1, use_graph=False, span=args.span), Path(tmp))
+                    aot_compile_s = time.perf_counter() - start
+                    runs["ours_aot"] = lambda: run_compiled(ahead, all_src[:batch], length, beam)
             timings = timed_rounds(runs, args.repeats)
             (s_ours, ours), (s_ct2, from_ct2), (s_hf, from_hf) = timings["ours"], timings["ctranslate2"], timings["hf"]
             if not args.no_compile:
@@ -145,6 +154,13 @@ def main() -> None:
                 cell["ours_compiled_vs_ctranslate2"] = round(s_ct2 / s_comp, 2)
                 cell["ours_compiled_vs_hf"] = round(s_hf / s_comp, 2)
                 cell["same_tokens"]["ours_compiled"] = compiled == ours
+            if "ours_aot" in timings:
+                s_aot, from_aot = timings["ours_aot"]
+                cell["ours_aot"] = {"seconds": round(s_aot, 4), "tgt_tokens_per_s": round(tokens / s_aot, 1),
+                                    "compile_seconds": round(aot_compile_s, 1)}
+                cell["ours_aot_vs_ctranslate2"] = round(s_ct2 / s_aot, 2)
+                cell["ours_aot_vs_hf"] = round(s_hf / s_aot, 2)
+                cell["same_tokens"]["ours_aot"] = from_aot == ours
             results.append(cell)
             print(json.dumps(cell), file=sys.stderr, flush=True)
 

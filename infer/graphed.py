@@ -24,6 +24,8 @@ V vocabulary, C = 2K candidates, F = n_best finished hypotheses kept per sentenc
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -56,6 +58,7 @@ class _Graphed:
         self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)  # per sentence
         self.last = torch.full((batch * beam_size,), mc.bos_id, device=device)  # newest token of each row
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # one per span
+        self.ahead: Callable[[int], None] | None = None  # a step per span compiled ahead of time (infer.aot)
 
     def _length_penalty(self, length: Tensor) -> Tensor:
         """SearchConfig.length_penalty on a device tensor of lengths (EOS included)."""
@@ -75,6 +78,8 @@ class _Graphed:
         self._step()
 
     def _run_step(self, span: int) -> None:
+        if self.ahead is not None:
+            return self.ahead(span)
         if self.compiled is None:
             return self._step_at(span)
         # Every object compiles the same method; the default limit of 8 compiled versions per

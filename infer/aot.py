@@ -1,0 +1,104 @@
+"""A graphed search's CPU step compiled ahead of time by AOTInductor: one C++ call a step.
+
+A step compiled by torch.compile (infer.graphed, compile=True) still goes through dynamo at every
+call: a guard check over every tensor it reads and a Python wrapper around its kernels, about
+1.5 ms of a 9 ms batch-1 greedy step on our 2-core CPU. compile_ahead exports the same step
+with torch.export and compiles one shared library per span bucket; the search's run then calls
+those instead (bench/aot_step.py measures the three against CTranslate2).
+
+The step reads and writes the search's buffers and its StaticCache's. Export takes them as
+inputs that the step mutates in place: while it traces, those attributes are pointed at the
+traced inputs, and at run time the library gets the search's own tensors, which run updates in
+place as it always does.
+
+Limits: one row (batch 1 greedy). Wider steps call oneDNN's packed product and a copy through
+Python custom ops (seq2seq.packed), and packed weights are opaque oneDNN tensors that export
+cannot hold; they are hidden from export, which works only because a 1-row step never reads
+them. Compiling takes about 30 s per span bucket on two cores.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from infer.graphed import GraphedGreedy
+from seq2seq.packed import PackedLinear
+
+Slot = tuple[object, str, "tuple[int, int] | None"]  # owner, attribute, (layer, K or V) of a list
+
+
+def _state_slots(search: GraphedGreedy) -> list[Slot]:
+    """Every tensor of the search and its cache, in a fixed order."""
+    slots: list[Slot] = [(owner, name, None) for owner in (search, search.cache)
+                         for name, value in vars(owner).items() if isinstance(value, Tensor)]
+    slots += [(search.cache, "self_kv", (layer, i)) for layer in range(len(search.cache.self_kv)) for i in (0, 1)]
+    return slots
+
+
+def _slot_tensor(slot: Slot) -> Tensor:
+    owner, name, index = slot
+    value = getattr(owner, name)
+    return value if index is None else value[index[0]][index[1]]
+
+
+class _ExportedStep(nn.Module):
+    """search._step_at(span) as a module of the state tensors, which it mutates in place."""
+
+    def __init__(self, search: GraphedGreedy, span: int, slots: list[Slot]):
+        super().__init__()
+        self.search, self.span, self.slots = search, span, slots
+        self.model = search.model  # its weights become the module's, constants of the library
+
+    def forward(self, *tensors: Tensor) -> tuple:
+        cache = self.search.cache
+        saved = {(id(owner), name): (owner, name, getattr(owner, name)) for owner, name, _ in self.slots}
+        saved[id(cache), "step_mask"] = (cache, "step_mask", cache.step_mask)  # the step sets it: leave no traced tensor
+        kv = [list(pair) for pair in cache.self_kv]
+        for (owner, name, index), tensor in zip(self.slots, tensors):
+            if index is None:
+                setattr(owner, name, tensor)
+            else:
+                kv[index[0]][index[1]] = tensor
+        cache.self_kv = [tuple(pair) for pair in kv]
+        try:
+            self.search._step_at(self.span)
+        finally:
+            for owner, name, value in saved.values():
+                setattr(owner, name, value)
+        return ()
+
+
+def compile_ahead(search: GraphedGreedy, workdir: Path | None = None) -> GraphedGreedy:
+    """Compile search's step ahead of time, one library per span bucket; its run then calls them.
+    search: a GraphedGreedy for one sentence on CPU, use_graph=False, on an fp32 model whose
+    packed layers kept their plain weights (pack_for_cpu(model, keep_weights=True)) or an
+    unpacked one. workdir: where the libraries go (a temporary folder by default). Returns search."""
+    if not isinstance(search, GraphedGreedy) or search.use_graph or search.last.device.type != "cpu":
+        raise ValueError("compile_ahead takes a GraphedGreedy on CPU built with use_graph=False")
+    if search.last.numel() != 1:
+        raise ValueError(f"compile_ahead compiles 1-row steps (batch 1 greedy), not {search.last.numel()} rows: "
+                         "wider steps call oneDNN through Python custom ops, which a compiled library cannot")
+    packed = [m for m in search.model.modules() if isinstance(m, PackedLinear)]
+    if any(m.weight is None for m in packed):
+        raise ValueError("compile_ahead needs the plain weights: pack the model with pack_for_cpu(model, keep_weights=True)")
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="seq2seq-aot-"))
+    slots = _state_slots(search)
+    kept = [m.packed for m in packed]
+    runners = {}
+    try:
+        for m in packed:  # a 1-row step multiplies the plain weights; export cannot hold oneDNN's
+            m.packed = None
+        with torch.inference_mode():
+            for span in sorted({search._span(t) for t in range(search.steps)}):
+                program = torch.export.export(_ExportedStep(search, span, slots), tuple(map(_slot_tensor, slots)), strict=False)
+                path = torch._inductor.aoti_compile_and_package(program, package_path=str(workdir / f"step_{span}.pt2"))
+                runners[span] = torch._inductor.aoti_load_package(path)
+    finally:
+        for m, weight in zip(packed, kept):
+            m.packed = weight
+    state = [_slot_tensor(slot) for slot in slots]  # the tensors themselves: run updates them in place
+    search.ahead = lambda span: runners[span](*state)
+    return search

@@ -227,10 +227,15 @@ class GraphedBeam(_Graphed):
         vocab = logits.size(-1)
         lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # one pass, as run_beam computes them
         eos_lp = torch.where(step < cfg.min_len, float("-inf"), lp[:, mc.eos_id : mc.eos_id + 1])  # (N, 1)
-        logits.index_fill_(1, self.not_offered, float("-inf"))
-        row_tok = logits.topk(min(2 * k, vocab), dim=-1).indices  # (N, R)
+        # The best R = 2K tokens other than those never offered: the top R + 3 by logit, less the
+        # (at most 3) not offered. Masking them in the logits first would copy all N x V.
+        wide = logits.topk(min(2 * k + self.not_offered.numel(), vocab), dim=-1).indices  # (N, R + 3)
+        offered = ~(wide.unsqueeze(-1) == self.not_offered).any(-1)
+        keep = torch.argsort(offered.int(), dim=1, descending=True, stable=True)[:, : min(2 * k, vocab)]
+        row_tok = wide.gather(1, keep)  # (N, R), best first
+        shut = ~offered.gather(1, keep)  # a vocabulary under R + 3 leaves some in: never offered
         forced = (self.max_lens.repeat_interleave(k) <= step).unsqueeze(1)  # budget spent: only EOS
-        row_lp = torch.where(forced, float("-inf"), lp.gather(1, row_tok))
+        row_lp = torch.where(forced | shut, float("-inf"), lp.gather(1, row_tok))
         offered_lp = torch.cat([row_lp, eos_lp], dim=1)  # (N, R + 1)
         offered_tok = torch.cat([row_tok, self.eos_column], dim=1)
         per_row = offered_lp.size(1)

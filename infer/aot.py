@@ -2,7 +2,7 @@
 
 A step compiled by torch.compile (infer.graphed, compile=True) still goes through dynamo at every
 call: a guard check over every tensor it reads and a Python wrapper around its kernels, about
-1.5 ms of a 9 ms batch-1 greedy step on our 2-core CPU. compile_ahead exports the same step
+1.5 ms of a 9 ms batch-1 greedy step on our 2-core CPU in a profile. compile_ahead exports the same step
 with torch.export and compiles one shared library per span bucket; the search's run then calls
 those instead (bench/aot_step.py measures the three against CTranslate2).
 

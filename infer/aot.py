@@ -4,7 +4,7 @@ A step compiled by torch.compile (infer.graphed, compile=True) still goes throug
 call: a guard check over every tensor it reads and a Python wrapper around its kernels, about
 1.5 ms of a 9 ms batch-1 greedy step on our 2-core CPU in a profile. compile_ahead exports the same step
 with torch.export and compiles one shared library per span bucket; the search's run then calls
-those instead (bench/aot_step.py measures the three against CTranslate2).
+those instead (bench/decode_cpu.py's ours_aot column measures it against CTranslate2).
 
 The step reads and writes the search's buffers and its StaticCache's. Export takes them as
 inputs that the step mutates in place: while it traces, those attributes are pointed at the

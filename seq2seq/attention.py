@@ -27,7 +27,9 @@ def attend_by_reduction(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) ->
     scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(-1) * q.size(-1) ** -0.5  # (B, H, T, L)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return (scores.softmax(-1).unsqueeze(-1) * v.unsqueeze(2)).sum(3)
+    # Normalised after the weighted sum: one division per output, not one per key and output.
+    weights = (scores - scores.amax(-1, keepdim=True)).exp()
+    return (weights.unsqueeze(-1) * v.unsqueeze(2)).sum(3) / weights.sum(-1, keepdim=True)
 
 
 class MultiHeadAttention(nn.Module):

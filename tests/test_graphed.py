@@ -14,13 +14,14 @@ from seq2seq.cache import StaticCache
 from tests.conftest import BOS, pad_batch, random_sentences, tiny_model
 
 
-def test_static_cache_steps_give_the_growing_cache_logits():
+@pytest.mark.parametrize("values_last", [False, True])
+def test_static_cache_steps_give_the_growing_cache_logits(values_last):
     model = tiny_model(seed=5, norm="pre")
     src = pad_batch(random_sentences(3, 2, 9, 24, seed=1))
     tgt = pad_batch([[BOS] + s for s in random_sentences(3, 6, 6, 24, seed=2)])  # 7 tokens each
     memory, mask = model.encode(src), model.padding_mask(src)
     growing = model.init_cache(memory, mask, max_len=10)
-    static = StaticCache.allocate(growing.cross_kv.clone(), mask.clone(), 10)
+    static = StaticCache.allocate(growing.cross_kv.clone(), mask.clone(), 10, values_last=values_last)
     with torch.no_grad():
         for t in range(tgt.size(1)):
             a = model.step(tgt[:, t : t + 1], growing)
@@ -52,7 +53,7 @@ def test_graphed_greedy_equals_run_greedy(case, span, copy_model):
 
 @pytest.mark.parametrize("span", [1, 3, 16])
 @pytest.mark.parametrize("case", ["copy", "copy_nbest_gnmt", "budget_average", "min_len_none"])
-def test_graphed_beam_equals_run_beam(case, span, copy_model):
+def test_graphed_beam_equals_run_beam(case, span, copy_model, monkeypatch):
     from infer.beam import beam_search
     from infer.graphed import GraphedBeam
 
@@ -66,13 +67,35 @@ def test_graphed_beam_equals_run_beam(case, span, copy_model):
                            length_norm="none" if case == "min_len_none" else "average")
     reference = beam_search(model, src, cfg)
     graphed = GraphedBeam(model, src.size(0), src.size(1), cfg, use_graph=False, check_every=3, span=span)
+    # The row top-k through chunks (row_best), in chunks small enough to choose from at this vocabulary.
+    graphed.top_chunk = model.config.tgt_vocab_size // (2 * cfg.beam_size + 3)
+    rows = []  # rows of each step
+    step = model.step
+    monkeypatch.setattr(model, "step", lambda tokens, cache: rows.append(tokens.size(0)) or step(tokens, cache))
     for _ in range(2):  # the second batch reuses the buffers
+        rows.clear()
         got = graphed.run(src)
+        # Step 0 runs one row per sentence; the others one per beam.
+        assert rows[0] == src.size(0) and set(rows[1:]) == {src.size(0) * cfg.beam_size}
         assert [[h.tokens for h in n] for n in got] == [[h.tokens for h in n] for n in reference]
         for g_n, r_n in zip(got, reference):
             for g, r in zip(g_n, r_n):
                 assert g.log_prob == pytest.approx(r.log_prob, abs=1e-5) and g.score == pytest.approx(r.score, abs=1e-5)
     assert any(len(n) > 1 for n in reference) or cfg.n_best == 1
+
+
+@pytest.mark.parametrize("vocab,chunk", [(64, 4), (70, 4), (33, 3), (20, 8), (20, None)])
+def test_row_best_equals_topk_and_logsumexp(vocab, chunk):
+    """Through chunks (a short last one, chunks too few to choose from, none) or not: the same
+    columns as topk, best first, and the logsumexp of each row."""
+    from infer.graphed import row_best
+
+    logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(vocab))
+    logits[0] = torch.arange(vocab) * 1e-3  # the best in the last chunk, short where vocab % chunk
+    logits[1] = -logits[0]  # the best in the first
+    best, lse = row_best(logits, 5, chunk)
+    assert torch.equal(best, logits.topk(5, dim=-1).indices)
+    torch.testing.assert_close(lse, logits.logsumexp(-1, keepdim=True))
 
 
 @pytest.mark.skipif(not packed.available(), reason="no oneDNN in this PyTorch build")

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from infer.search import Hypothesis, SearchConfig, max_output_lengths
+from seq2seq.attention import REDUCE_QUERIES
 from seq2seq.cache import StaticCache
 from seq2seq.model import Transformer
 
@@ -82,9 +83,10 @@ class _Graphed:
         self.steps = min(cfg.max_len, mc.max_positions - 1) + 1  # the longest budget, plus EOS
         cross = torch.zeros(mc.n_decoder_layers, 2, batch, mc.n_heads, src_len, mc.head_dim, device=device, dtype=dtype)
         mask = torch.zeros(batch, 1, 1, src_len, dtype=torch.bool, device=device)
-        # V transposed on CPU, for the compiled reduction attention (see StaticCache); CUDA's
-        # attention kernels read V as (positions, Dh).
-        self.cache = StaticCache.allocate(cross, mask, self.steps, beam_size, values_last=device.type == "cpu")
+        # V positions-last where attention runs as compiled reductions over any number of keys
+        # (seq2seq.attention); SDPA, on CUDA or uncompiled, reads V as (positions, Dh).
+        values_last = compile and device.type == "cpu" and beam_size <= REDUCE_QUERIES
+        self.cache = StaticCache.allocate(cross, mask, self.steps, beam_size, values_last=values_last)
         self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)  # per sentence
         self.last = torch.full((batch * beam_size,), mc.bos_id, device=device)  # newest token of each row
         self.own_first = False  # whether step 0 runs _first_step, of other shapes, instead of _step

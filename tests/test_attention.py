@@ -1,6 +1,7 @@
 """SDPA attention equals the explicit softmax(QK^T / sqrt(d)) V it stands for."""
 import math
 
+import pytest
 import torch
 
 from seq2seq.attention import MultiHeadAttention, attend_by_reduction
@@ -74,3 +75,25 @@ def test_compiled_decoding_attention_equals_sdpa():
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(attend, fullgraph=True)(x, memory, mask), attend(x, memory, mask),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("values_last", [True, False])
+def test_compiled_attention_takes_the_reductions_over_many_keys_only_on_positions_last_values(values_last, monkeypatch):
+    """Over more than REDUCE_KEYS keys, compiled on CPU, values held positions-last (as
+    StaticCache(values_last=True) holds them) take the reductions and the usual layout SDPA;
+    both equal eager SDPA."""
+    import seq2seq.attention as attention
+
+    calls = []
+    reduce = attention.attend_by_reduction
+    monkeypatch.setattr(attention, "attend_by_reduction", lambda *args: calls.append(1) or reduce(*args))
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(d_model=32, n_heads=4).eval()
+    keys = attention.REDUCE_KEYS + 72
+    q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 4, keys, 8), torch.randn(2, 4, 8, keys)
+    v = v.transpose(2, 3) if values_last else v.transpose(2, 3).contiguous()  # (B, H, L, Dh) either way
+    mask = (torch.arange(keys) < torch.tensor([keys, 9])[:, None])[:, None, None, :]
+    with torch.no_grad():
+        got = torch.compile(attn.attend, fullgraph=True, dynamic=False)(q, k, v, mask)
+        torch.testing.assert_close(got, attn.attend(q, k, v.contiguous(), mask), rtol=1e-5, atol=1e-5)
+    assert bool(calls) == values_last

@@ -35,10 +35,33 @@ from seq2seq.cache import StaticCache
 from seq2seq.model import Transformer
 
 
-# On CPU, each beam row's best tokens are found through the maxima of chunks of this many
-# columns (row_best). At N 128, V 32k, C 8: 3.2 against 8.4 ms for the top-k and log-softmax,
-# compiled (a scratch timing, 2-core AMD EPYC); chunks of 128 ran about as fast.
+# On CPU, each row's best tokens are found through the maxima of chunks of this many columns
+# (row_best for beams, row_max for greedy). At N 128, V 32k, C 8: 3.2 against 8.4 ms for the
+# top-k and log-softmax, compiled (a scratch timing, 2-core AMD EPYC); chunks of 128 ran about
+# as fast.
 TOP_CHUNK = 64
+
+
+def _chunk_maxima(logits: Tensor, chunk: int) -> Tensor:
+    """logits (N, V) -> the maximum of each run of `chunk` columns (N, ceil(V / chunk)); the last
+    run may be short."""
+    n, v = logits.shape
+    full = v // chunk
+    maxima = logits[:, : full * chunk].view(n, full, chunk).amax(-1)
+    if full * chunk < v:
+        maxima = torch.cat([maxima, logits[:, full * chunk :].amax(-1, keepdim=True)], dim=1)
+    return maxima
+
+
+def _chunk_columns(chunks: Tensor, chunk: int) -> Tensor:
+    """Chunk indices (...) -> their columns (..., chunk); past the last column where it is short."""
+    return chunks.unsqueeze(-1) * chunk + torch.arange(chunk, device=chunks.device)
+
+
+def _logsumexp(logits: Tensor, maxima: Tensor) -> Tensor:
+    """Each row's logsumexp in fp32 (N, 1), from the maxima of its chunks: no pass for the peak."""
+    peak = maxima.amax(-1, keepdim=True).float()
+    return peak + (logits.float() - peak).exp().sum(-1, keepdim=True).log()
 
 
 def row_best(logits: Tensor, k: int, chunk: int | None = None) -> tuple[Tensor, Tensor]:
@@ -48,19 +71,42 @@ def row_best(logits: Tensor, k: int, chunk: int | None = None) -> tuple[Tensor, 
     max pass over the logits and top-k's over (N, V / chunk) and (N, k * chunk), instead of a
     top-k over (N, V), which on CPU copies and partially sorts every row."""
     n, v = logits.shape
-    chunks = -(-v // chunk) if chunk else 0
-    if chunks < k:  # no chunks, or too few to choose k of
+    if not chunk or -(-v // chunk) < k:  # no chunks, or too few to choose k of
         return logits.topk(k, dim=-1).indices, logits.float().logsumexp(-1, keepdim=True)
-    full = v // chunk
-    maxima = logits[:, : full * chunk].view(n, full, chunk).amax(-1)  # (N, V / chunk)
-    if full < chunks:  # the last chunk is short
-        maxima = torch.cat([maxima, logits[:, full * chunk :].amax(-1, keepdim=True)], dim=1)
-    top = maxima.topk(k, dim=-1).indices  # (N, k)
-    columns = (top.unsqueeze(-1) * chunk + torch.arange(chunk, device=logits.device)).view(n, k * chunk)
+    maxima = _chunk_maxima(logits, chunk)  # (N, V / chunk)
+    columns = _chunk_columns(maxima.topk(k, dim=-1).indices, chunk).view(n, k * chunk)
     values = logits.gather(1, columns.clamp(max=v - 1)).masked_fill(columns >= v, float("-inf"))
-    best = columns.gather(1, values.topk(k, dim=-1).indices)
-    peak = maxima.amax(-1, keepdim=True).float()  # the row's maximum, from its chunks'
-    return best, peak + (logits.float() - peak).exp().sum(-1, keepdim=True).log()
+    return columns.gather(1, values.topk(k, dim=-1).indices), _logsumexp(logits, maxima)
+
+
+def row_max(logits: Tensor, shut: Tensor, shut_on: Tensor, chunk: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The maximum of each row of logits (N, V) and its column, the first on ties, as max(dim=-1)
+    gives, leaving out column shut[e] (E,) of the rows where shut_on[:, e] (N, E) holds; and each
+    row's logsumexp over all columns, in fp32 (N, 1). With chunk: through the maxima of chunks of
+    `chunk` columns, only the chunks holding shut columns recomputed without them; on CPU a max
+    with its index runs column by column, a max alone on vectors (0.7 against 1.4 ms at 32 x 32k,
+    compiled, with the logsumexp; a scratch timing, 2-core AMD EPYC)."""
+    n, v = logits.shape
+    if not chunk or v <= chunk:
+        closed = torch.zeros_like(logits, dtype=torch.bool).index_copy(1, shut, shut_on)
+        values, columns = logits.masked_fill(closed, float("-inf")).max(dim=-1)
+        return values, columns, logits.float().logsumexp(-1, keepdim=True)
+
+    def without_shut(columns: Tensor, on: Tensor) -> Tensor:
+        """columns (N, ..., chunk) -> their logits, -inf where shut (on: (N, 1.., E)). Columns past V
+        read column V - 1 again: a later copy never wins a max that takes the first on ties."""
+        closed = ((columns.unsqueeze(-1) == shut) & on.unsqueeze(-2)).any(-1)
+        return logits.gather(1, columns.clamp(max=v - 1).view(n, -1)).view(columns.shape).masked_fill(closed, float("-inf"))
+
+    maxima = _chunk_maxima(logits, chunk)  # (N, C)
+    lse = _logsumexp(logits, maxima)
+    # The chunks of shut columns again, without them (a chunk met twice gets the same maximum twice).
+    shut_chunks = (shut // chunk).expand(n, -1)  # (N, E)
+    redone = without_shut(_chunk_columns(shut_chunks, chunk), shut_on.unsqueeze(1)).amax(-1)  # (N, E)
+    best_chunk = maxima.scatter(1, shut_chunks, redone).argmax(-1, keepdim=True)  # (N, 1)
+    columns = _chunk_columns(best_chunk, chunk)  # (N, 1, chunk)
+    values, within = without_shut(columns, shut_on.unsqueeze(1)).max(dim=-1)
+    return values.squeeze(1), columns.squeeze(1).gather(1, within).squeeze(1), lse
 
 
 class _Graphed:
@@ -92,6 +138,8 @@ class _Graphed:
         self.own_first = False  # whether step 0 runs _first_step, of other shapes, instead of _step
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # one per span (0: the first step)
         self.ahead: Callable[[int], None] | None = None  # a step per span compiled ahead of time (infer.aot)
+        # row_best's and row_max's chunks, on CPU; CUDA's top-k or max over whole rows is one kernel already
+        self.top_chunk = TOP_CHUNK if device.type == "cpu" else None
 
     def _length_penalty(self, length: Tensor) -> Tensor:
         """SearchConfig.length_penalty on a device tensor of lengths (EOS included)."""
@@ -177,21 +225,22 @@ class GraphedGreedy(_Graphed):
         self.out = torch.full((batch, self.steps), model.config.pad_id, device=device)  # emitted tokens
         self.log_probs = torch.zeros(batch, device=device)
         self.ended_at = torch.full((batch,), -1, dtype=torch.long, device=device)  # step of EOS
-        self.banned = torch.tensor([model.config.pad_id, model.config.bos_id], device=device)
+        mc = model.config
+        self.shut = torch.tensor([mc.pad_id, mc.bos_id, mc.eos_id], device=device)  # columns never or not yet emitted
+        self.always = torch.ones(2, dtype=torch.bool, device=device)  # padding and BOS: never
 
-    def _log_probs(self, step: Tensor) -> Tensor:
-        """Next-token log-probs (N, V) under search.constrain's rules, without host values:
-        banned ids, no EOS before min_len, only EOS once a row's budget is spent."""
+    def _pick(self, step: Tensor) -> tuple[Tensor, Tensor]:
+        """Each row's next token and its log-prob (N,) under search.constrain's rules, without
+        host values: banned ids, no EOS before min_len, only EOS once a row's budget is spent.
+        The best allowed logit is the best allowed log-prob (they differ by one number per row),
+        so no (N, V) log-softmax is written."""
         mc, cfg = self.model.config, self.cfg
-        logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1]  # advances the cache
-        lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # no separate fp32 copy of the logits
-        lp.index_fill_(1, self.banned, float("-inf"))
-        eos_lp = lp[:, mc.eos_id].clone()
-        lp[:, mc.eos_id] = torch.where(step < cfg.min_len, float("-inf"), eos_lp)
-        forced = (self.max_lens.repeat_interleave(self.beam_size) <= step).unsqueeze(1)  # (N, 1)
-        only_eos = torch.full_like(lp, float("-inf"))
-        only_eos[:, mc.eos_id] = eos_lp
-        return torch.where(forced, only_eos, lp)
+        logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1]  # (N, V); advances the cache
+        shut_on = torch.cat([self.always, step < cfg.min_len]).expand(logits.size(0), -1)  # (N, 3): banned, banned, EOS
+        best_logit, best, lse = row_max(logits, self.shut, shut_on, self.top_chunk)
+        forced = self.max_lens <= step  # (N,)
+        best_logit = torch.where(forced, logits[:, mc.eos_id], best_logit)
+        return torch.where(forced, mc.eos_id, best), best_logit.float() - lse.squeeze(1)
 
     def _reset(self) -> None:
         mc = self.model.config
@@ -204,7 +253,7 @@ class GraphedGreedy(_Graphed):
     def _step(self) -> None:
         mc = self.model.config
         step = self.cache.length.clone()  # (1,): the index of the token this step emits
-        best_lp, best = self._log_probs(step).max(dim=-1)
+        best, best_lp = self._pick(step)
         running = self.ended_at < 0
         self.log_probs.add_(torch.where(running, best_lp, 0.0))
         best = torch.where(running, best, mc.pad_id)
@@ -242,8 +291,6 @@ class GraphedBeam(_Graphed):
         mc = model.config
         self.not_offered = torch.tensor([mc.pad_id, mc.bos_id, mc.eos_id], device=device)  # EOS is offered apart
         self.eos_column = torch.full((batch * k, 1), mc.eos_id, device=device)
-        # row_best's chunks, on CPU; CUDA's top-k over whole rows is one kernel already
-        self.top_chunk = TOP_CHUNK if device.type == "cpu" else None
         # Step 0 runs one row per sentence: all K beams start from BOS alone.
         self.own_first = k > 1
         self.first_cache = self.cache.first_slots()

@@ -30,11 +30,12 @@ def test_static_cache_steps_give_the_growing_cache_logits(values_last):
     assert int(static.length) == growing.length == tgt.size(1)
 
 
-@pytest.mark.parametrize("span", [1, 3, 16])  # attention over length + 1 positions, buckets of 3, all at once
-@pytest.mark.parametrize("case", ["copy", "budget", "min_len"])
-def test_graphed_greedy_equals_run_greedy(case, span, copy_model):
-    if case == "copy":  # rows end by EOS at different steps
-        model, src, cfg = copy_model, pad_batch(random_sentences(6, 1, 6, 12, seed=3)), SearchConfig(beam_size=1)
+@pytest.mark.parametrize("span,chunk", [(1, None), (3, 5), (16, None)])  # attention over length + 1 positions, buckets of 3, all at once
+@pytest.mark.parametrize("case", ["copy", "copy_min_len", "budget", "min_len"])
+def test_graphed_greedy_equals_run_greedy(case, span, chunk, copy_model):
+    if case.startswith("copy"):  # rows end by EOS at different steps, or later than they would, under min_len
+        model, src = copy_model, pad_batch(random_sentences(6, 1, 6, 12, seed=3))
+        cfg = SearchConfig(beam_size=1, min_len=4 if case == "copy_min_len" else 0)
     else:  # a random model: every row runs to its own budget
         model = tiny_model(seed=4)
         src = pad_batch(random_sentences(5, 2, 9, 24, seed=5))
@@ -42,6 +43,8 @@ def test_graphed_greedy_equals_run_greedy(case, span, copy_model):
                            length_norm="gnmt")
     reference = greedy_search(model, src, cfg)
     graphed = GraphedGreedy(model, src.size(0), src.size(1), cfg, use_graph=False, check_every=2, span=span)
+    graphed.top_chunk = chunk  # row_max over whole rows, or through chunks of 5 (a short last one)
+    assert chunk is None or model.config.tgt_vocab_size % chunk
     for _ in range(2):  # the second batch reuses the buffers
         got = graphed.run(src)
         assert [h.tokens for h in got] == [h.tokens for h in reference]
@@ -49,6 +52,8 @@ def test_graphed_greedy_equals_run_greedy(case, span, copy_model):
             assert g.log_prob == pytest.approx(r.log_prob, abs=1e-5) and g.score == pytest.approx(r.score, abs=1e-5)
     if case == "copy":
         assert len({len(h.tokens) for h in reference}) > 1
+    if case == "copy_min_len":  # the rule changed some hypotheses
+        assert [h.tokens for h in reference] != [h.tokens for h in greedy_search(model, src, SearchConfig(beam_size=1))]
 
 
 @pytest.mark.parametrize("span", [1, 3, 16])
@@ -95,6 +100,31 @@ def test_row_best_equals_topk_and_logsumexp(vocab, chunk):
     logits[1] = -logits[0]  # the best in the first
     best, lse = row_best(logits, 5, chunk)
     assert torch.equal(best, logits.topk(5, dim=-1).indices)
+    torch.testing.assert_close(lse, logits.logsumexp(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("vocab,chunk", [(64, 4), (70, 4), (33, 3), (20, 8), (20, 32), (20, None)])
+def test_row_max_equals_the_max_of_the_open_columns(vocab, chunk):
+    """Through chunks (a short last one, shut columns in one chunk or several, one chunk or
+    none) or not: each row's max and its first column over the columns not shut in that row,
+    as max(dim=-1) after masking, and the logsumexp over all columns."""
+    from infer.graphed import row_max
+
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(7, vocab, generator=gen).round(decimals=1)  # ties between columns
+    logits[0] = torch.arange(vocab) * 1e-3  # the best in the last chunk
+    logits[1] = -logits[0]  # the best in the first, and shut there
+    logits[2, [5, 9, 17]] = 9.0  # a tie for the best across chunks, the first of it shut in some rows
+    logits[3, 2] = 50.0  # a shut column far above the rest: the logsumexp is still of every column
+    shut = torch.tensor([0, 5, 2])
+    shut_on = torch.rand(7, 3, generator=gen) < 0.5
+    shut_on[:4] = torch.tensor([[True, True, False], [True, False, True], [False, True, True], [True, True, True]])
+    values, columns, lse = row_max(logits, shut, shut_on, chunk)
+    closed = torch.zeros_like(logits, dtype=torch.bool)
+    for e, column in enumerate(shut.tolist()):
+        closed[:, column] = shut_on[:, e]
+    expected_values, expected_columns = logits.masked_fill(closed, float("-inf")).max(dim=-1)
+    assert torch.equal(columns, expected_columns) and torch.equal(values, expected_values)
     torch.testing.assert_close(lse, logits.logsumexp(-1, keepdim=True))
 
 

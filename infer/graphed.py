@@ -140,6 +140,8 @@ class _Graphed:
         self.ahead: Callable[[int], None] | None = None  # a step per span compiled ahead of time (infer.aot)
         # row_best's and row_max's chunks, on CPU; CUDA's top-k or max over whole rows is one kernel already
         self.top_chunk = TOP_CHUNK if device.type == "cpu" else None
+        # padding and BOS, never emitted, and EOS, emitted under its own rules (min_len, budgets)
+        self.specials = torch.tensor([mc.pad_id, mc.bos_id, mc.eos_id], device=device)
 
     def _length_penalty(self, length: Tensor) -> Tensor:
         """SearchConfig.length_penalty on a device tensor of lengths (EOS included)."""
@@ -225,8 +227,6 @@ class GraphedGreedy(_Graphed):
         self.out = torch.full((batch, self.steps), model.config.pad_id, device=device)  # emitted tokens
         self.log_probs = torch.zeros(batch, device=device)
         self.ended_at = torch.full((batch,), -1, dtype=torch.long, device=device)  # step of EOS
-        mc = model.config
-        self.shut = torch.tensor([mc.pad_id, mc.bos_id, mc.eos_id], device=device)  # columns never or not yet emitted
         self.always = torch.ones(2, dtype=torch.bool, device=device)  # padding and BOS: never
 
     def _pick(self, step: Tensor) -> tuple[Tensor, Tensor]:
@@ -237,7 +237,7 @@ class GraphedGreedy(_Graphed):
         mc, cfg = self.model.config, self.cfg
         logits = self.model.step(self.last.unsqueeze(1), self.cache)[:, -1]  # (N, V); advances the cache
         shut_on = torch.cat([self.always, step < cfg.min_len]).expand(logits.size(0), -1)  # (N, 3): banned, banned, EOS
-        best_logit, best, lse = row_max(logits, self.shut, shut_on, self.top_chunk)
+        best_logit, best, lse = row_max(logits, self.specials, shut_on, self.top_chunk)
         forced = self.max_lens <= step  # (N,)
         best_logit = torch.where(forced, logits[:, mc.eos_id], best_logit)
         return torch.where(forced, mc.eos_id, best), best_logit.float() - lse.squeeze(1)
@@ -289,7 +289,6 @@ class GraphedBeam(_Graphed):
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.budget_penalty = torch.ones(batch, device=device)  # length penalty at each sentence's budget
         mc = model.config
-        self.not_offered = torch.tensor([mc.pad_id, mc.bos_id, mc.eos_id], device=device)  # EOS is offered apart
         self.eos_column = torch.full((batch * k, 1), mc.eos_id, device=device)
         # Step 0 runs one row per sentence: all K beams start from BOS alone.
         self.own_first = k > 1
@@ -320,10 +319,10 @@ class GraphedBeam(_Graphed):
         vocab = logits.size(-1)
         # The best R = 2K tokens other than those never offered: the top R + 3 by logit, less the
         # (at most 3) not offered. Masking them in the logits first would copy all N x V.
-        wide, lse = row_best(logits, min(2 * k + self.not_offered.numel(), vocab), self.top_chunk)  # (B * J, R + 3)
+        wide, lse = row_best(logits, min(2 * k + self.specials.numel(), vocab), self.top_chunk)  # (B * J, R + 3)
         # log-probs (fp32) of the few tokens offered: logit - logsumexp, as run_beam's log-softmax
         eos_lp = torch.where(step < cfg.min_len, float("-inf"), logits[:, mc.eos_id : mc.eos_id + 1].float() - lse)  # (B * J, 1)
-        offered = ~(wide.unsqueeze(-1) == self.not_offered).any(-1)
+        offered = ~(wide.unsqueeze(-1) == self.specials).any(-1)
         keep = torch.argsort(offered.int(), dim=1, descending=True, stable=True)[:, : min(2 * k, vocab)]
         row_tok = wide.gather(1, keep)  # (B * J, R), best first
         shut = ~offered.gather(1, keep)  # a vocabulary under R + 3 leaves some in: never offered

@@ -1,10 +1,14 @@
-"""CPU inference on weights prepacked for oneDNN.
+"""CPU inference on weights laid out once for a fast fp32 product.
 
-Decoding a sentence is bound by reading the weights once per token. On the AMD EPYC we test on,
-PyTorch's default fp32 path (MKL) streams a 32k x 512 output projection at about 13 GB/s for one
-row, and oneDNN at about 30 GB/s (bench/decode_cpu.py has the end-to-end figures). pack_for_cpu
-swaps every linear layer of a model for one that calls oneDNN on a weight reordered once, ahead
-of time. Inference only: the packed weight has no gradient.
+Decoding is bound by reading the weights once per token. pack_for_cpu swaps every linear layer
+of a model for one that multiplies a weight reordered once, ahead of time, by one of:
+- panel: seq2seq.native's own product (x86 with AVX2; compiled on first use), which overlaps
+  reading a weight with the arithmetic on the one before. At 32 rows it ran 1.2-1.5x faster than
+  oneDNN on the model's shapes, and level or faster from 1 to 1024 rows (bench/cpu_linears.py);
+- onednn: oneDNN's packed product, where the native one cannot be built. On the AMD EPYC we test
+  on it streams a 32k x 512 output projection at about 30 GB/s for one row, where PyTorch's
+  default fp32 path (MKL) reaches 13 GB/s.
+Inference only: the packed weight has no gradient.
 
 Shapes: M rows (tokens), I input features, O output features.
 """
@@ -14,7 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seq2seq import native
 from seq2seq.model import Transformer
+
+KERNELS = ("panel", "onednn")
+PANEL = 16  # output features per panel of the native product (csrc/panel_linear.cpp)
 
 
 def available() -> bool:
@@ -22,8 +30,22 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-# The row count oneDNN lays the weights out for. Laid out for 1 row, products of 4 and 32 rows
-# ran 1.15-1.7x slower than laid out for 32, and 1-row products gained at most 13% (the 32k x 512
+def default_kernel() -> str:
+    """The native product where it builds, else oneDNN's."""
+    return "panel" if native.load() else "onednn"
+
+
+def to_panels(weight: Tensor) -> Tensor:
+    """W (O, I) -> (ceil(O / 16), I, 16): panel p holds output features 16p..16p+15 by input
+    feature, zero past O, so the native product reads each panel front to back."""
+    out_f, in_f = weight.shape
+    count = -(-out_f // PANEL)
+    padded = torch.cat([weight, weight.new_zeros(count * PANEL - out_f, in_f)])
+    return padded.view(count, PANEL, in_f).transpose(1, 2).contiguous()
+
+
+# The row count oneDNN lays the weights out for (the onednn kernel). Laid out for 1 row, products
+# of 4 and 32 rows ran 1.15-1.7x slower than laid out for 32, and 1-row products gained at most 13% (the 32k x 512
 # output projection; the others within 7%). End to end, batch 1 greedy stayed level and batch 1
 # beam 4 and batch 32 greedy gained 42% and 12% (bench/cpu_linears.py, 2-core AMD EPYC).
 ROWS_HINT = 32
@@ -33,7 +55,7 @@ ROWS_HINT = 32
 # a plain copy of the weight (PackedLinear(keep_weight=True)): inductor streams the weight once for
 # all of them, near the memory bandwidth. A batch-1 step's 37 products at 4 rows took 5.7-5.9 ms
 # so, 9.7-9.8 ms packed, and a plain sum over the same weights 5.2 ms (a scratch measurement on
-# the 2-core AMD EPYC). More rows go to oneDNN's blocked product, which reuses each loaded weight.
+# the 2-core AMD EPYC). More rows go to the packed product, which reuses each loaded weight.
 REDUCE_ROWS = 4
 
 # Rows at least this many (the encoder of a batch: sentences x source length) are multiplied by
@@ -76,15 +98,19 @@ def _(x):
 
 
 class PackedLinear(nn.Module):
-    """y = x W^T + b on a oneDNN-packed W (O, I); x (..., I) fp32 on CPU -> (..., O).
-    keep_weight: also keep W unpacked, for the few-row products of compiled decoding and the
-    many-row products of a batch's encoder (see REDUCE_ROWS and PLAIN_ROWS)."""
+    """y = x W^T + b on a W (O, I) laid out once for `kernel` ("panel" or "onednn"; None picks
+    default_kernel()); x (..., I) fp32 on CPU -> (..., O). keep_weight: also keep W unpacked, for
+    the few-row products of compiled decoding and the many-row products of a batch's encoder (see
+    REDUCE_ROWS and PLAIN_ROWS). rows_hint: the rows oneDNN lays W out for."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, rows_hint: int = ROWS_HINT, keep_weight: bool = False):
+    def __init__(self, weight: Tensor, bias: Tensor | None, rows_hint: int = ROWS_HINT, keep_weight: bool = False,
+                 kernel: str | None = None):
         super().__init__()
+        self.kernel = _check_kernel(kernel)
         self.out_features, self.in_features = weight.shape
         plain = weight.detach().float().contiguous()
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(plain, rows_hint))
+        packed = to_panels(plain) if self.kernel == "panel" else torch.ops.mkldnn._reorder_linear_weight(plain, rows_hint)
+        self.register_buffer("packed", packed)
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self.register_buffer("weight", plain if keep_weight else None)
 
@@ -92,37 +118,52 @@ class PackedLinear(nn.Module):
         rows = x.reshape(-1, self.in_features).contiguous()
         if self.weight is not None and rows.size(0) >= PLAIN_ROWS:
             y = F.linear(rows, self.weight, self.bias)
-        elif not torch.compiler.is_compiling():
-            y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-        elif self.weight is not None and rows.size(0) <= REDUCE_ROWS:
+        elif self.weight is not None and rows.size(0) <= REDUCE_ROWS and torch.compiler.is_compiling():
             if rows.size(0) > 1:  # one row: recomputing the producer per output costs less than a copy
                 rows = torch.ops.seq2seq.materialize(rows)
             y = torch.stack([(self.weight * row).sum(-1) for row in rows.unbind(0)])
             y = y if self.bias is None else y + self.bias
-        else:
+        elif self.kernel == "panel":  # a C++ op: eager and compiled alike call it directly
+            y = torch.ops.seq2seq.panel_linear(rows, self.packed, self.bias, self.out_features)
+        elif torch.compiler.is_compiling():
             y = torch.ops.seq2seq.packed_linear(rows, self.packed, self.bias, self.out_features)
+        else:
+            y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT, keep_weights: bool = False) -> Transformer:
+def _check_kernel(kernel: str | None) -> str:
+    kernel = kernel or default_kernel()
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
+    if kernel == "panel" and not native.load():
+        raise RuntimeError(f"the panel kernel is not available: {native.why_not}")
+    if kernel == "onednn" and not available():
+        raise RuntimeError("this PyTorch build has no oneDNN packed linear kernels")
+    return kernel
+
+
+def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT, keep_weights: bool = False,
+                 kernel: str | None = None) -> Transformer:
     """Swap the model's linear layers (and its tied output projection) for packed ones, and give
     each attention one packed q/k/v projection for self-attention, in place; returns the model.
-    rows_hint: the rows a product is laid out for (see ROWS_HINT). keep_weights: keep every
-    weight unpacked as well (twice the memory), for infer.graphed's compiled searches and for
-    products of PLAIN_ROWS rows or more. Needs an fp32 model on CPU, and oneDNN."""
-    if not available():
-        raise RuntimeError("this PyTorch build has no oneDNN packed linear kernels")
+    kernel: "panel" or "onednn" (see the module docstring); None takes the native one where it
+    builds. rows_hint: the rows oneDNN lays a product out for (see ROWS_HINT). keep_weights: keep
+    every weight unpacked as well (twice the memory), for infer.graphed's compiled searches and
+    for products of PLAIN_ROWS rows or more. Needs an fp32 model on CPU."""
     if next(model.parameters()).device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
         raise ValueError("pack_for_cpu needs an fp32 model on CPU")
+    kernel = _check_kernel(kernel)
     with torch.no_grad():
         for attn in [layer.self_attn for layer in [*model.encoder_layers, *model.decoder_layers]]:
             # q, k and v of self-attention in one product: one call instead of three.
             attn.qkv_proj = PackedLinear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                                         torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]), rows_hint, keep_weights)
+                                         torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+                                         rows_hint, keep_weights, kernel)
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(module, name, PackedLinear(child.weight, child.bias, rows_hint, keep_weights))
+                    setattr(module, name, PackedLinear(child.weight, child.bias, rows_hint, keep_weights, kernel))
         if model.output_proj is None:  # tied: the projection reads the target embedding table
-            model.output_proj = PackedLinear(model.tgt_embed.weight, None, rows_hint, keep_weights)
+            model.output_proj = PackedLinear(model.tgt_embed.weight, None, rows_hint, keep_weights, kernel)
     return model.eval()

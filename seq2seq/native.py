@@ -1,10 +1,15 @@
 """Native CPU kernels: compiled from seq2seq/csrc on first use, cached, loaded as torch ops.
 
-panel_linear (csrc/panel_linear.cpp) is the fp32 product of seq2seq.packed on x86 CPUs with
-AVX2: it overlaps reading each weight from memory with the arithmetic on the one before, which
-oneDNN does not. It is built by the C++ compiler that torch.compile uses on CPU anyway (`c++`,
+Both are fp32, for x86 CPUs with AVX2:
+- torch.ops.seq2seq.panel_linear (csrc/panel_linear.cpp), the product of seq2seq.packed: it
+  overlaps reading each weight from memory with the arithmetic on the one before, which oneDNN
+  does not;
+- torch.ops.seq2seq.masked_attention (csrc/masked_attention.cpp), a compiled decoding step's
+  attention (seq2seq.attention): it reads the keys and values only up to the last position the
+  mask opens, where the step's fixed shapes would read the whole span.
+They are built by the C++ compiler that torch.compile uses on CPU anyway (`c++`,
 or $CXX), once per source and PyTorch version, into $SEQ2SEQ_CACHE_DIR (default
-~/.cache/seq2seq): about 15 s on two cores, then a load. Where it cannot be built (no compiler,
+~/.cache/seq2seq): about 25 s on two cores, then a load. Where it cannot be built (no compiler,
 no AVX2, not x86, SEQ2SEQ_NATIVE=0), load() says why and seq2seq.packed falls back to oneDNN.
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-SOURCE = Path(__file__).with_name("csrc") / "panel_linear.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("panel_linear.cpp", "masked_attention.cpp")]
 _loaded: bool | None = None
 why_not = ""  # why the kernels are not loaded, once load() has said False
 
@@ -43,37 +48,48 @@ def _cache_dir() -> Path:
 def _build(compiler: str) -> Path:
     """The shared library for this source, PyTorch and compiler, compiled unless cached."""
     flags = _flags()
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), torch.__version__, compiler, *flags]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"panel_linear-{key}.so"
+    texts = [source.read_text() for source in SOURCES]
+    key = hashlib.sha256("\0".join([*texts, torch.__version__, compiler, *flags]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"kernels-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # Compile beside the target and rename: a process that loses the race still loads a whole file.
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            done = subprocess.run([compiler, str(SOURCE), *flags, "-o", str(built)], capture_output=True, text=True)
+            done = subprocess.run([compiler, *map(str, SOURCES), *flags, "-o", str(built)], capture_output=True, text=True)
             if done.returncode != 0:
                 first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip()[:200])
-                raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {first}")
+                raise RuntimeError(f"{compiler} could not build seq2seq/csrc: {first}")
             os.replace(built, target)
     return target
 
 
 def _register_fake() -> None:
+    # Shapes for torch.compile, which cannot run the kernels while it traces.
     @torch.library.register_fake("seq2seq::panel_linear")
-    def _(rows, panels, bias, out_features):  # shapes for torch.compile, which cannot run the kernel
+    def _(rows, panels, bias, out_features):
         return rows.new_empty(rows.size(0), out_features)
+
+    @torch.library.register_fake("seq2seq::masked_attention")
+    def _(q, k, v, mask):
+        return q.new_empty(q.shape)
+
+
+def ready() -> bool:
+    """Whether load() has loaded the kernels, without trying to (cheap inside traced code)."""
+    return _loaded is True
 
 
 def load() -> bool:
     """Build and load the native kernels once per process; True when torch.ops.seq2seq.panel_linear
-    is there to call. When False, why_not says why (warned once, unless switched off)."""
+    and masked_attention are there to call. When False, why_not says why (warned once, unless switched off)."""
     global _loaded, why_not
     if _loaded is None:
         compiler = os.environ.get("CXX", "c++")
         if os.environ.get("SEQ2SEQ_NATIVE", "1") == "0":
             why_not = "switched off by SEQ2SEQ_NATIVE=0"
         elif platform.machine().lower() not in ("x86_64", "amd64"):
-            why_not = f"panel_linear is written for x86-64 CPUs, not {platform.machine()}"
+            why_not = f"the kernels are written for x86-64 CPUs, not {platform.machine()}"
         elif torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
             why_not = f"this CPU lacks AVX2 (PyTorch reports {torch.backends.cpu.get_cpu_capability()})"
         elif shutil.which(compiler) is None:

@@ -97,3 +97,75 @@ def test_compiled_attention_takes_the_reductions_over_many_keys_only_on_position
         got = torch.compile(attn.attend, fullgraph=True, dynamic=False)(q, k, v, mask)
         torch.testing.assert_close(got, attn.attend(q, k, v.contiguous(), mask), rtol=1e-5, atol=1e-5)
     assert bool(calls) == values_last
+
+
+def _native_ready():
+    from seq2seq import native
+
+    return native.load()
+
+
+@pytest.mark.skipif(not _native_ready(), reason="native kernels not built here")
+@pytest.mark.parametrize("values_last", [False, True])
+@pytest.mark.parametrize("queries,dh,keys", [(1, 64, 21), (4, 8, 16), (3, 32, 9)])
+@pytest.mark.parametrize("masking", ["prefix", "random", "open"])
+def test_native_attention_equals_explicit_softmax_and_reads_no_key_past_the_mask(values_last, queries, dh, keys, masking):
+    """seq2seq::masked_attention (a compiled CPU step's attention from NATIVE_KEY_ROWS key rows)
+    equals the explicit formula for either value layout, one or several queries per key row, and
+    a mask per key row or broadcast. Keys and values past the last position any query of a key
+    row may see are NaN here: reading one would turn its row's output NaN."""
+    torch.manual_seed(queries * 100 + keys)
+    b, h = 3, 2
+    q, k, v = torch.randn(b, h, queries, dh), torch.randn(b, h, keys, dh), torch.randn(b, h, keys, dh)
+    if masking == "prefix":  # written positions: 1, some, all
+        mask = (torch.arange(keys) < torch.tensor([1, keys // 2 + 1, keys])[:, None])[:, None, None, :]
+    elif masking == "random":
+        mask = torch.rand(b, 1, queries, keys) < 0.5
+        mask[..., 0] = True
+    else:
+        mask = torch.ones(1, 1, 1, keys, dtype=torch.bool)
+    expected = explicit_attention(q, k, v, mask)
+    seen = mask.expand(b, h, queries, keys).any(2, keepdim=True).flip(-1).cumsum(-1).flip(-1) > 0  # up to the last open key
+    k, v = k.masked_fill(~seen.transpose(2, 3), float("nan")), v.masked_fill(~seen.transpose(2, 3), float("nan"))
+    if values_last:
+        v = v.transpose(2, 3).contiguous().transpose(2, 3)  # (B, H, L, Dh) over positions-last memory
+    got = torch.ops.seq2seq.masked_attention(q, k, v, mask)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not _native_ready(), reason="native kernels not built here")
+def test_native_attention_names_what_it_cannot_take():
+    q, k = torch.randn(1, 2, 1, 12), torch.randn(1, 2, 5, 12)
+    with pytest.raises(RuntimeError, match="head dim must be a multiple of 8 up to 256, got 12"):
+        torch.ops.seq2seq.masked_attention(q, k, k, torch.ones(1, 1, 1, 5, dtype=torch.bool))
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8)
+    with pytest.raises(RuntimeError, match="mask must be bool"):
+        torch.ops.seq2seq.masked_attention(q, k, k, torch.ones(1, 1, 1, 5))
+    with pytest.raises(RuntimeError, match="fp32 on CPU"):
+        torch.ops.seq2seq.masked_attention(q.double(), k, k, torch.ones(1, 1, 1, 5, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not _native_ready(), reason="native kernels not built here")
+@pytest.mark.parametrize("key_rows", [1, 2])
+def test_compiled_attention_goes_native_from_native_key_rows(key_rows, monkeypatch):
+    """Compiled on CPU, few queries over NATIVE_KEY_ROWS key rows or more attend natively, fewer by
+    the reductions; both equal eager SDPA (grouped beams and a padding mask included)."""
+    import seq2seq.attention as attention
+
+    monkeypatch.setattr(attention, "NATIVE_KEY_ROWS", 2)
+    took = []
+    decide = attention.native_attention
+    monkeypatch.setattr(attention, "native_attention", lambda *args: took.append(decide(*args)) or took[-1])
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(d_model=32, n_heads=4).eval()
+    x, memory = torch.randn(key_rows * 3, 1, 32), torch.randn(key_rows, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)[:key_rows, None, None, :]
+
+    def attend(x, memory, mask):
+        k, v = attn.project_kv(memory)
+        return attn.attend(attn.project_q(x), k, v, mask)
+
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(attend, fullgraph=True, dynamic=False)(x, memory, mask),
+                                   attend(x, memory, mask), rtol=1e-5, atol=1e-5)
+    assert took == [key_rows >= 2]

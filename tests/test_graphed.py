@@ -129,28 +129,40 @@ def test_row_max_equals_the_max_of_the_open_columns(vocab, chunk):
 
 
 @pytest.mark.skipif(not packed.available(), reason="no oneDNN in this PyTorch build")
-@pytest.mark.parametrize("search,batch", [("greedy", 1), ("beam", 1), ("beam", 2)])
-def test_compiled_cpu_search_equals_the_eager_search(search, batch, copy_model):
+@pytest.mark.parametrize("search,batch,native_attention", [("greedy", 1, False), ("beam", 1, False), ("beam", 2, False),
+                                                           ("greedy", 1, True), ("beam", 2, True)])
+def test_compiled_cpu_search_equals_the_eager_search(search, batch, native_attention, copy_model, monkeypatch):
     """torch.compile of the static step on CPU (compile=True), on a model packed with its plain
     weights kept: the same hypotheses as the eager searches, for each way a compiled product
     runs: 1 row (a fused reduction on the layer's input as computed), 3 rows (reductions on a
-    copy of the input), 6 rows (the opaque packed product). Greedy attends over spans of 4
-    (one compile per span), beam over one span."""
+    copy of the input), 6 rows (the opaque packed product), and for each way it attends: by
+    reductions over positions-last values, or by the native kernel (from NATIVE_KEY_ROWS key
+    rows, lowered to 1 here). Greedy attends over spans of 4 (one compile per span), beam over
+    one span."""
     from infer.beam import beam_search
     from infer.graphed import GraphedBeam
+    from seq2seq import attention, native
+
+    if native_attention:
+        if not native.load():
+            pytest.skip(native.why_not)
+        monkeypatch.setattr(attention, "NATIVE_KEY_ROWS", 1)
 
     if search == "greedy":
         plain, src = copy_model, pad_batch(random_sentences(batch, 1, 6, 12, seed=3))
         model = packed.pack_for_cpu(copy.deepcopy(plain), keep_weights=True)
         cfg = SearchConfig(beam_size=1, min_len=2, length_norm="gnmt")
         reference = [[h] for h in greedy_search(plain, src, cfg)]
-        got = [[h] for h in GraphedGreedy(model, batch, src.size(1), cfg, use_graph=False, span=4, compile=True).run(src)]
+        searcher = GraphedGreedy(model, batch, src.size(1), cfg, use_graph=False, span=4, compile=True)
+        got = [[h] for h in searcher.run(src)]
     else:  # a random model: near-flat choices, so the kept hypotheses pass through every beam row
         plain, src = tiny_model(seed=4), pad_batch(random_sentences(batch, 2, 9, 24, seed=5))
         model = packed.pack_for_cpu(copy.deepcopy(plain), keep_weights=True)
         cfg = SearchConfig(beam_size=3, n_best=3, max_len_a=0.0, max_len_b=8, max_len=8, length_norm="none")
         reference = beam_search(plain, src, cfg)
-        got = GraphedBeam(model, batch, src.size(1), cfg, use_graph=False, span=16, compile=True).run(src)
+        searcher = GraphedBeam(model, batch, src.size(1), cfg, use_graph=False, span=16, compile=True)
+        got = searcher.run(src)
+    assert searcher.cache.values_last != native_attention  # the native kernel reads values as rows
     assert [[h.tokens for h in n] for n in got] == [[h.tokens for h in n] for n in reference]
     for g_n, r_n in zip(got, reference):
         for g, r in zip(g_n, r_n):

@@ -12,9 +12,10 @@ runs L+1 free steps). Tokens/s counts the L forced tokens per sentence. Prints o
     python bench/decode_cpu.py --lengths 32 --batches 1 --repeats 3
 
 Ours runs up to three ways on the same packed model:
-- "ours": as Translator.from_checkpoint sets it up on CPU in fp32: weights packed for oneDNN
-  (seq2seq/packed.py), KV cache, the greedy or beam search of infer/; the plain weights are
-  kept too (below), so products of 512 rows or more (the encoder at batch 32) use MKL;
+- "ours": as Translator.from_checkpoint sets it up on CPU in fp32: weights packed for the native
+  panel product, or oneDNN's where that cannot be built, or as --kernel says (seq2seq/packed.py),
+  KV cache, the greedy or beam search of infer/; the plain weights are kept too (below), so
+  products of 512 rows or more (the encoder at batch 32) use MKL;
 - "ours_compiled": infer.graphed's static-shape searches with compile=True (the step compiled by
   torch.compile, one compile per span bucket of --span positions), on the same model with its
   plain weights kept for the few-row products. Each cell compiles in an untimed first run, whose
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode import best_tokens, decode, graphed_search  # noqa: E402  (bench/decode.py: our searches at a forced length)
 from infer.aot import compile_ahead  # noqa: E402
+from seq2seq import packed  # noqa: E402
 from peers import IdMap, add_grid_options, export, grid, random_source, timed, timed_rounds, transformer_base  # noqa: E402
 from seq2seq.packed import pack_for_cpu  # noqa: E402
 
@@ -60,6 +62,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for all three (default: every core)")
     p.add_argument("--span", type=int, default=32, help="positions per compiled span bucket of ours_compiled")
     p.add_argument("--no-compile", action="store_true", help="leave out ours_compiled")
+    p.add_argument("--kernel", choices=packed.KERNELS, default=None,
+                   help="our packed product (default: the native panel product where it builds, else oneDNN)")
     return p.parse_args()
 
 
@@ -72,7 +76,8 @@ def build(args, workdir: Path):
     model = transformer_base(args.vocab, args.layers, args.d_model)
     args.params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)  # before packing turns weights into buffers
     hf_dir = export(model, workdir)
-    pack_for_cpu(model, keep_weights=True)  # as Translator.from_checkpoint does on CPU in fp32, plus plain weights
+    pack_for_cpu(model, keep_weights=True, kernel=args.kernel)  # as Translator.from_checkpoint does on CPU in fp32, plus plain weights
+    args.kernel = next(m.kernel for m in model.modules() if isinstance(m, packed.PackedLinear))
     ct2_dir = TransformersConverter(str(hf_dir)).convert(str(workdir / "ct2"), force=True)
     hf = transformers.MarianMTModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
@@ -170,7 +175,7 @@ def main() -> None:
         "transformers": hf_version, "ctranslate2": ct2_version,
         "model": {"layers": f"{args.layers}+{args.layers}", "d_model": args.d_model, "heads": 8, "d_ff": 4 * args.d_model,
                   "vocab": args.vocab, "params_m": args.params_m},
-        "src_len": args.src_len, "repeats": args.repeats, "span": args.span, "results": results,
+        "src_len": args.src_len, "repeats": args.repeats, "span": args.span, "kernel": args.kernel, "results": results,
     }, indent=1))
 
 

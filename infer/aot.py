@@ -11,10 +11,10 @@ inputs that the step mutates in place: while it traces, those attributes are poi
 traced inputs, and at run time the library gets the search's own tensors, which run updates in
 place as it always does.
 
-Limits: one row (batch 1 greedy). Wider steps call oneDNN's packed product and a copy through
-Python custom ops (seq2seq.packed), and packed weights are opaque oneDNN tensors that export
-cannot hold; they are hidden from export, which works only because a 1-row step never reads
-them. Compiling takes about 30 s per span bucket on two cores.
+Limits: one row (batch 1 greedy). Wider steps multiply the packed weights (seq2seq.packed),
+which may be opaque oneDNN tensors that export cannot hold; packed weights are hidden from
+export, which works only because a 1-row step never reads them. Compiling takes about 30 s per
+span bucket on two cores.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def compile_ahead(search: GraphedGreedy, workdir: Path | None = None) -> Graphed
         raise ValueError("compile_ahead takes a GraphedGreedy on CPU built with use_graph=False")
     if search.last.numel() != 1:
         raise ValueError(f"compile_ahead compiles 1-row steps (batch 1 greedy), not {search.last.numel()} rows: "
-                         "wider steps call oneDNN through Python custom ops, which a compiled library cannot")
+                         "wider steps multiply the packed weights, which compile_ahead keeps out of the library")
     packed = [m for m in search.model.modules() if isinstance(m, PackedLinear)]
     if any(m.weight is None for m in packed):
         raise ValueError("compile_ahead needs the plain weights: pack the model with pack_for_cpu(model, keep_weights=True)")
@@ -89,7 +89,7 @@ def compile_ahead(search: GraphedGreedy, workdir: Path | None = None) -> Graphed
     kept = [m.packed for m in packed]
     runners = {}
     try:
-        for m in packed:  # a 1-row step multiplies the plain weights; export cannot hold oneDNN's
+        for m in packed:  # a 1-row step multiplies the plain weights; export cannot hold oneDNN's packed ones
             m.packed = None
         with torch.inference_mode():
             for span in sorted({search._span(t) for t in range(search.steps)}):

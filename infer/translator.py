@@ -43,8 +43,9 @@ class Translator:
     def from_checkpoint(cls, path, device: str = "cpu", dtype: str = "fp32") -> "Translator":
         model, vocab = model_from_checkpoint(load(path), path)
         translator = cls(model, vocab, device, dtype)
-        # The model is ours alone, so on CPU in fp32 its weights can be repacked for oneDNN
-        # (seq2seq/packed.py): same outputs, fewer seconds per token.
+        # The model is ours alone, so on CPU in fp32 its weights can be repacked for the native
+        # panel product, or oneDNN's where that cannot be built (seq2seq/packed.py): same
+        # outputs, fewer seconds per token.
         if translator.device.type == "cpu" and dtype == "fp32" and packed.available():
             for member in translator.model.members if isinstance(translator.model, Ensemble) else [translator.model]:
                 packed.pack_for_cpu(member)

@@ -3,8 +3,9 @@
 Decoding is bound by reading the weights once per token. pack_for_cpu swaps every linear layer
 of a model for one that multiplies a weight reordered once, ahead of time, by one of:
 - panel: seq2seq.native's own product (x86 with AVX2; compiled on first use), which overlaps
-  reading a weight with the arithmetic on the one before. At 32 rows it ran 1.2-1.5x faster than
-  oneDNN on the model's shapes, and level or faster from 1 to 1024 rows (bench/cpu_linears.py);
+  reading a weight with the arithmetic on the one before. On the model's shapes, weights cold,
+  it ran 1.3-1.9x faster than oneDNN at 32 rows, 1.1-2.0x at 1-4 rows and 0.94-1.30x at 128
+  (bench/cpu_linears.py), and level with MKL at 1,024 rows (a scratch timing);
 - onednn: oneDNN's packed product, where the native one cannot be built. On the AMD EPYC we test
   on it streams a 32k x 512 output projection at about 30 GB/s for one row, where PyTorch's
   default fp32 path (MKL) reaches 13 GB/s.

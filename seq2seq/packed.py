@@ -46,9 +46,10 @@ def to_panels(weight: Tensor) -> Tensor:
 
 
 # The row count oneDNN lays the weights out for (the onednn kernel). Laid out for 1 row, products
-# of 4 and 32 rows ran 1.15-1.7x slower than laid out for 32, and 1-row products gained at most 13% (the 32k x 512
-# output projection; the others within 7%). End to end, batch 1 greedy stayed level and batch 1
-# beam 4 and batch 32 greedy gained 42% and 12% (bench/cpu_linears.py, 2-core AMD EPYC).
+# of 4 and 32 rows ran 1.15-1.7x slower than laid out for 32, and 1-row products gained at most
+# 13% (the 32k x 512 output projection; the others within 7%). End to end, batch 1 greedy stayed
+# level and batch 1 beam 4 and batch 32 greedy gained 42% and 12% (bench/cpu_linears.py, 2-core
+# AMD EPYC).
 ROWS_HINT = 32
 
 

@@ -107,7 +107,7 @@ def _native_ready():
 
 @pytest.mark.skipif(not _native_ready(), reason="native kernels not built here")
 @pytest.mark.parametrize("values_last", [False, True])
-@pytest.mark.parametrize("queries,dh,keys", [(1, 64, 21), (4, 8, 16), (3, 32, 9)])
+@pytest.mark.parametrize("queries,dh,keys", [(1, 64, 21), (4, 8, 16), (3, 32, 9), (2, 72, 13)])
 @pytest.mark.parametrize("masking", ["prefix", "random", "open"])
 def test_native_attention_equals_explicit_softmax_and_reads_no_key_past_the_mask(values_last, queries, dh, keys, masking):
     """seq2seq::masked_attention (a compiled CPU step's attention from NATIVE_KEY_ROWS key rows)

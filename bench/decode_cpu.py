@@ -23,8 +23,11 @@ Ours runs up to three ways on the same packed model:
 - "ours_aot", batch 1 greedy only: the same step compiled ahead of time by AOTInductor
   (infer.aot.compile_ahead), one C++ call a step instead of a call through dynamo.
 
-Timed runs are interleaved: each of --repeats rounds runs every toolkit once, and each toolkit's
-median is reported, so a drift in the machine's speed reaches all of them alike.
+Timed runs are interleaved: each of --repeats rounds runs every toolkit once (HF only in the first
+--hf-repeats), in one order and then in reverse on alternate rounds, CTranslate2 next to ours.
+Seconds and tokens/s are each toolkit's median; a ratio against CTranslate2 is the median over
+rounds of the two runs' ratio within a round, seconds apart, so a drift in the machine's speed
+between rounds cancels (ours against HF: the ratio of medians).
 
 The outputs of HF and CTranslate2 are compared with ours token by token over the L forced tokens
 ("same_tokens"). Random weights give nearly flat distributions, so an argmax can flip on fp32
@@ -37,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -49,14 +53,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import best_tokens, decode, graphed_search  # noqa: E402  (bench/decode.py: our searches at a forced length)
 from infer.aot import compile_ahead  # noqa: E402
 from seq2seq import packed  # noqa: E402
-from peers import IdMap, add_grid_options, export, grid, random_source, timed, timed_rounds, transformer_base  # noqa: E402
+from peers import (IdMap, add_grid_options, export, grid, paired_ratio, random_source, timed, timed_rounds,  # noqa: E402
+                   transformer_base)
 from seq2seq.packed import pack_for_cpu  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_grid_options(p, batches="1,32")
-    p.add_argument("--repeats", type=int, default=1, help="timed rounds per cell, each running every toolkit once; medians are reported")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per cell, each running every toolkit once")
+    p.add_argument("--hf-repeats", type=int, default=1, help="of those rounds, how many also run HF (the slowest)")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for all three (default: every core)")
@@ -131,41 +137,37 @@ def main() -> None:
         for length, batch, beam in grid(args):
             tokens = batch * length
             cell = {"search": "greedy" if beam == 1 else f"beam{beam}", "batch": batch, "length": length}
-            runs = {"ours": lambda: run_ours(model, all_src[:batch], length, beam),
-                    "ctranslate2": lambda: run_ct2(ct2, ct2_all[:batch], length, beam, tokenizer, ids),
-                    "hf": lambda: run_hf(hf, hf_all[:batch], ids, length, beam)}
+            # In run order: the two closely compared, CTranslate2 and our compiled searches, are
+            # neighbours, and eager ours next to CTranslate2 too; HF, the slowest, at an end.
+            runs = {"hf": lambda: run_hf(hf, hf_all[:batch], ids, length, beam),
+                    "ours": lambda: run_ours(model, all_src[:batch], length, beam),
+                    "ctranslate2": lambda: run_ct2(ct2, ct2_all[:batch], length, beam, tokenizer, ids)}
+            compile_seconds = {}
             if not args.no_compile:
                 # ours_compiled's search for this cell; its first run compiles
                 search = graphed_search(model, batch, args.src_len, length, beam, use_graph=False, span=args.span, compile=True)
                 runs["ours_compiled"] = lambda: run_compiled(search, all_src[:batch], length, beam)
-                compile_s, _ = timed(runs["ours_compiled"], 1)
+                compile_seconds["ours_compiled"], _ = timed(runs["ours_compiled"], 1)
                 if batch * beam == 1:  # 1-row steps: also compiled ahead of time (infer.aot)
                     start = time.perf_counter()
                     ahead = compile_ahead(graphed_search(model, 1, args.src_len, length, 1, use_graph=False, span=args.span), Path(tmp))
-                    aot_compile_s = time.perf_counter() - start
+                    compile_seconds["ours_aot"] = time.perf_counter() - start
                     runs["ours_aot"] = lambda: run_compiled(ahead, all_src[:batch], length, beam)
-            timings = timed_rounds(runs, args.repeats)
-            (s_ours, ours), (s_ct2, from_ct2), (s_hf, from_hf) = timings["ours"], timings["ctranslate2"], timings["hf"]
-            if not args.no_compile:
-                s_comp, compiled = timings["ours_compiled"]
-            for name, seconds in (("ours", s_ours), ("ctranslate2", s_ct2), ("hf", s_hf)):
-                cell[name] = {"seconds": round(seconds, 4), "tgt_tokens_per_s": round(tokens / seconds, 1)}
-            cell["ours_vs_ctranslate2"] = round(s_ct2 / s_ours, 2)
-            cell["ours_vs_hf"] = round(s_hf / s_ours, 2)
-            cell["same_tokens"] = {"ctranslate2": from_ct2 == ours, "hf": from_hf == ours}
-            if not args.no_compile:
-                cell["ours_compiled"] = {"seconds": round(s_comp, 4), "tgt_tokens_per_s": round(tokens / s_comp, 1),
-                                         "compile_seconds": round(compile_s, 1)}
-                cell["ours_compiled_vs_ctranslate2"] = round(s_ct2 / s_comp, 2)
-                cell["ours_compiled_vs_hf"] = round(s_hf / s_comp, 2)
-                cell["same_tokens"]["ours_compiled"] = compiled == ours
-            if "ours_aot" in timings:
-                s_aot, from_aot = timings["ours_aot"]
-                cell["ours_aot"] = {"seconds": round(s_aot, 4), "tgt_tokens_per_s": round(tokens / s_aot, 1),
-                                    "compile_seconds": round(aot_compile_s, 1)}
-                cell["ours_aot_vs_ctranslate2"] = round(s_ct2 / s_aot, 2)
-                cell["ours_aot_vs_hf"] = round(s_hf / s_aot, 2)
-                cell["same_tokens"]["ours_aot"] = from_aot == ours
+            timings = timed_rounds(runs, args.repeats, only_first={"hf": args.hf_repeats})
+            ours = timings["ours"][1]
+            cell["same_tokens"] = {}
+            for name, (seconds, out) in timings.items():
+                cell[name] = {"seconds": round(statistics.median(seconds), 4),
+                              "tgt_tokens_per_s": round(tokens / statistics.median(seconds), 1)}
+                if name in compile_seconds:
+                    cell[name]["compile_seconds"] = round(compile_seconds[name], 1)
+                if name != "ours":
+                    cell["same_tokens"][name] = out == ours
+            for name in runs:
+                if name.startswith("ours"):
+                    cell[f"{name}_vs_ctranslate2"] = round(paired_ratio(timings["ctranslate2"][0], timings[name][0]), 2)
+                    # HF ran in fewer rounds: its median against ours' median
+                    cell[f"{name}_vs_hf"] = round(cell["hf"]["seconds"] / cell[name]["seconds"], 2)
             results.append(cell)
             print(json.dumps(cell), file=sys.stderr, flush=True)
 
@@ -175,7 +177,7 @@ def main() -> None:
         "transformers": hf_version, "ctranslate2": ct2_version,
         "model": {"layers": f"{args.layers}+{args.layers}", "d_model": args.d_model, "heads": 8, "d_ff": 4 * args.d_model,
                   "vocab": args.vocab, "params_m": args.params_m},
-        "src_len": args.src_len, "repeats": args.repeats, "span": args.span, "kernel": args.kernel, "results": results,
+        "src_len": args.src_len, "repeats": args.repeats, "hf_repeats": args.hf_repeats, "span": args.span, "kernel": args.kernel, "results": results,
     }, indent=1))
 
 

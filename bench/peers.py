@@ -74,17 +74,28 @@ def random_source(batch: int, length: int, vocab: int, eos_id: int) -> torch.Ten
     return src
 
 
-def timed_rounds(fns: dict, repeats: int) -> dict:
-    """{name: (median seconds, last result)} of `repeats` rounds that each call every fn once, in
-    turn: a machine whose speed drifts during a cell slows every toolkit alike, not only the one
-    that happened to run then (on our shared 2-core CPU, runs a minute apart differ by 15-50%)."""
+def timed_rounds(fns: dict, repeats: int, only_first: dict | None = None) -> dict:
+    """{name: (list of seconds, one per round it ran, and its last result)} of `repeats` rounds
+    that each call every fn once, in turn, in the given order and then in reverse on every other
+    round: a machine whose speed drifts during a cell slows every toolkit alike, not only the one
+    that happened to run then (on our shared 2-core CPU, runs a minute apart differ by 15-50%),
+    and neighbours swap who goes first. only_first: {name: n} runs that fn in the first n rounds
+    only (a slow peer that is not the one compared closely)."""
     times, outs = {name: [] for name in fns}, {}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            if only_first and r >= only_first.get(name, repeats):
+                continue
             start = time.perf_counter()
-            outs[name] = fn()
+            outs[name] = fns[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(times[name]), outs[name]) for name in fns}
+    return {name: (times[name], outs[name]) for name in fns}
+
+
+def paired_ratio(theirs: list, ours: list) -> float:
+    """Median over rounds of their seconds / ours in the same round: each ratio compares two runs
+    seconds apart, so a drift in the machine's speed between rounds cancels."""
+    return statistics.median(t / o for t, o in zip(theirs, ours))
 
 
 def timed(fn, repeats: int, sync=lambda: None):

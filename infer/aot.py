@@ -11,10 +11,17 @@ inputs that the step mutates in place: while it traces, those attributes are poi
 traced inputs, and at run time the library gets the search's own tensors, which run updates in
 place as it always does.
 
-Limits: one row (batch 1 greedy). Wider steps multiply the packed weights (seq2seq.packed),
-which may be opaque oneDNN tensors that export cannot hold; packed weights are hidden from
-export, which works only because a 1-row step never reads them. Compiling takes about 30 s per
-span bucket on two cores.
+The library holds no weights: it is built without its constants, which are then pointed at the
+model's own tensors (AOTInductor's user-managed constants). A step reads the very tensors eager
+decoding does, on huge pages where pack_for_cpu put them there (seq2seq.pages), and every span
+bucket shares them instead of holding a copy each. The model must outlive the search, and its
+tensors must not be replaced (model.to, say) once compiled.
+
+Limits: one row (batch 1 greedy). With the panel kernel a step multiplies the packed panels,
+an ordinary tensor, through the seq2seq::panel_linear op (which must be loaded where the step
+runs: seq2seq.native does so); with oneDNN's it multiplies the plain weights, as fused
+reductions, since export cannot hold oneDNN's opaque packed ones, which are hidden from it.
+Compiling takes about 30 s per span bucket on two cores.
 """
 from __future__ import annotations
 
@@ -71,33 +78,47 @@ class _ExportedStep(nn.Module):
         return ()
 
 
+def _with_model_constants(runner, step: nn.Module):
+    """Point a library built without constants at the step module's own weights and buffers."""
+    own = dict(step.named_parameters(remove_duplicate=False)) | dict(step.named_buffers(remove_duplicate=False))
+    names = runner.get_constant_fqns()
+    missing = [name for name in names if name not in own]
+    if missing:  # e.g. a constant inductor folded ahead of time, which no module holds
+        raise RuntimeError(f"compile_ahead: the compiled step needs constants the model does not hold: {missing[:3]}")
+    runner.load_constants({name: own[name] for name in names}, check_full_update=True, user_managed=True)
+    return runner
+
+
 def compile_ahead(search: GraphedGreedy, workdir: Path | None = None) -> GraphedGreedy:
     """Compile search's step ahead of time, one library per span bucket; its run then calls them.
-    search: a GraphedGreedy for one sentence on CPU, use_graph=False, on an fp32 model whose
-    packed layers kept their plain weights (pack_for_cpu(model, keep_weights=True)) or an
-    unpacked one. workdir: where the libraries go (a temporary folder by default). Returns search."""
+    search: a GraphedGreedy for one sentence on CPU, use_graph=False, on an fp32 model packed for
+    the panel kernel, or for oneDNN's keeping the plain weights (pack_for_cpu(model,
+    keep_weights=True)), or unpacked. workdir: where the libraries go (a temporary folder by
+    default). Returns search."""
     if not isinstance(search, GraphedGreedy) or search.use_graph or search.last.device.type != "cpu":
         raise ValueError("compile_ahead takes a GraphedGreedy on CPU built with use_graph=False")
     if search.last.numel() != 1:
-        raise ValueError(f"compile_ahead compiles 1-row steps (batch 1 greedy), not {search.last.numel()} rows: "
-                         "wider steps multiply the packed weights, which compile_ahead keeps out of the library")
+        raise ValueError(f"compile_ahead compiles 1-row steps (batch 1 greedy) only, not {search.last.numel()} rows")
     packed = [m for m in search.model.modules() if isinstance(m, PackedLinear)]
-    if any(m.weight is None for m in packed):
-        raise ValueError("compile_ahead needs the plain weights: pack the model with pack_for_cpu(model, keep_weights=True)")
+    opaque = [m for m in packed if m.kernel == "onednn"]  # export cannot hold oneDNN's packed weights
+    if any(m.weight is None for m in opaque):
+        raise ValueError("compile_ahead needs the plain weights of oneDNN-packed layers: pack the model with "
+                         "pack_for_cpu(model, keep_weights=True)")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="seq2seq-aot-"))
     slots = _state_slots(search)
-    kept = [m.packed for m in packed]
+    kept = [m.packed for m in opaque]
     runners = {}
     try:
-        for m in packed:  # a 1-row step multiplies the plain weights; export cannot hold oneDNN's packed ones
+        for m in opaque:  # a 1-row step multiplies their plain weights instead
             m.packed = None
-        with torch.inference_mode():
+        with torch.inference_mode(), torch._inductor.config.patch({"aot_inductor.package_constants_in_so": False}):
             for span in sorted({search._span(t) for t in range(search.steps)}):
-                program = torch.export.export(_ExportedStep(search, span, slots), tuple(map(_slot_tensor, slots)), strict=False)
+                step = _ExportedStep(search, span, slots)
+                program = torch.export.export(step, tuple(map(_slot_tensor, slots)), strict=False)
                 path = torch._inductor.aoti_compile_and_package(program, package_path=str(workdir / f"step_{span}.pt2"))
-                runners[span] = torch._inductor.aoti_load_package(path)
+                runners[span] = _with_model_constants(torch._inductor.aoti_load_package(path), step)
     finally:
-        for m, weight in zip(packed, kept):
+        for m, weight in zip(opaque, kept):
             m.packed = weight
     state = [_slot_tensor(slot) for slot in slots]  # the tensors themselves: run updates them in place
     search.ahead = lambda span: runners[span](*state)

@@ -12,9 +12,9 @@ the GPU).
 
 The step can also be compiled (compile=True). On CUDA, torch.compile fuses its small kernels
 before the capture. On CPU, without graphs, it turns the step into a few C++ loops: no
-per-operator overhead of eager PyTorch (about a third of a batch-1 step), and, on a model
-packed with seq2seq.packed.pack_for_cpu(keep_weights=True), products of 1-4 rows as fused
-reductions that stream the weights near the memory bandwidth. On CPU it compiles once per span
+per-operator overhead of eager PyTorch (about a third of a batch-1 step); a model packed with
+seq2seq.packed.pack_for_cpu multiplies through its packed kernel (with oneDNN's and
+keep_weights=True, products of 1-4 rows as fused reductions instead). On CPU it compiles once per span
 bucket, for fixed shapes (kernels compiled for any span ran up to 1.5x slower): 10-40 s each on
 two cores the first time, less from inductor's on-disk cache after that; a coarser span (32)
 means fewer compiles.

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seq2seq import native
+from seq2seq.pages import to_huge_pages
 from seq2seq.model import Transformer
 
 KERNELS = ("panel", "onednn")
@@ -53,11 +54,14 @@ def to_panels(weight: Tensor) -> Tensor:
 ROWS_HINT = 32
 
 
-# Rows at most this many, under torch.compile, are multiplied as one fused reduction per row over
-# a plain copy of the weight (PackedLinear(keep_weight=True)): inductor streams the weight once for
-# all of them, near the memory bandwidth. A batch-1 step's 37 products at 4 rows took 5.7-5.9 ms
-# so, 9.7-9.8 ms packed, and a plain sum over the same weights 5.2 ms (a scratch measurement on
-# the 2-core AMD EPYC). More rows go to the packed product, which reuses each loaded weight.
+# Rows at most this many, under torch.compile, with the oneDNN kernel, are multiplied as one
+# fused reduction per row over a plain copy of the weight (PackedLinear(keep_weight=True)):
+# inductor streams the weight once for all of them, near the memory bandwidth. A batch-1 step's
+# 37 products at 4 rows took 5.7-5.9 ms so, 9.7-9.8 ms packed for oneDNN, and a plain sum over
+# the same weights 5.2 ms (a scratch measurement on the 2-core AMD EPYC). More rows go to the
+# packed product, which reuses each loaded weight. The panel kernel takes few rows itself: with
+# both on huge pages (seq2seq.pages) it ran a compiled batch-1 greedy decode 1.065x faster than
+# the reductions, and batch-1 beam 4 level (scratch A/Bs in one process, 8 rounds each).
 REDUCE_ROWS = 4
 
 # Rows at least this many (the encoder of a batch: sentences x source length) are multiplied by
@@ -120,7 +124,8 @@ class PackedLinear(nn.Module):
         rows = x.reshape(-1, self.in_features).contiguous()
         if self.weight is not None and rows.size(0) >= PLAIN_ROWS:
             y = F.linear(rows, self.weight, self.bias)
-        elif self.weight is not None and rows.size(0) <= REDUCE_ROWS and torch.compiler.is_compiling():
+        elif (self.kernel == "onednn" and self.weight is not None and rows.size(0) <= REDUCE_ROWS
+              and torch.compiler.is_compiling()):
             if rows.size(0) > 1:  # one row: recomputing the producer per output costs less than a copy
                 rows = torch.ops.seq2seq.materialize(rows)
             y = torch.stack([(self.weight * row).sum(-1) for row in rows.unbind(0)])
@@ -146,13 +151,15 @@ def _check_kernel(kernel: str | None) -> str:
 
 
 def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT, keep_weights: bool = False,
-                 kernel: str | None = None) -> Transformer:
+                 kernel: str | None = None, huge_pages: bool = True) -> Transformer:
     """Swap the model's linear layers (and its tied output projection) for packed ones, and give
     each attention one packed q/k/v projection for self-attention, in place; returns the model.
     kernel: "panel" or "onednn" (see the module docstring); None takes the native one where it
     builds. rows_hint: the rows oneDNN lays a product out for (see ROWS_HINT). keep_weights: keep
-    every weight unpacked as well (twice the memory), for infer.graphed's compiled searches and
-    for products of PLAIN_ROWS rows or more. Needs an fp32 model on CPU."""
+    every weight unpacked as well (twice the memory), for the few-row products of compiled
+    searches with the oneDNN kernel and for products of PLAIN_ROWS rows or more. huge_pages: move
+    every weight onto transparent huge pages (seq2seq.pages), where the OS offers them. Needs an
+    fp32 model on CPU."""
     if next(model.parameters()).device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
         raise ValueError("pack_for_cpu needs an fp32 model on CPU")
     kernel = _check_kernel(kernel)
@@ -168,4 +175,6 @@ def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT, keep_weights: b
                     setattr(module, name, PackedLinear(child.weight, child.bias, rows_hint, keep_weights, kernel))
         if model.output_proj is None:  # tied: the projection reads the target embedding table
             model.output_proj = PackedLinear(model.tgt_embed.weight, None, rows_hint, keep_weights, kernel)
+    if huge_pages:
+        to_huge_pages(model)
     return model.eval()

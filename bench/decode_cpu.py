@@ -158,7 +158,8 @@ def main() -> None:
             cell["same_tokens"] = {}
             for name, (seconds, out) in timings.items():
                 cell[name] = {"seconds": round(statistics.median(seconds), 4),
-                              "tgt_tokens_per_s": round(tokens / statistics.median(seconds), 1)}
+                              "tgt_tokens_per_s": round(tokens / statistics.median(seconds), 1),
+                              "rounds": [round(x, 4) for x in seconds]}  # in round order, for the paired ratios
                 if name in compile_seconds:
                     cell[name]["compile_seconds"] = round(compile_seconds[name], 1)
                 if name != "ours":

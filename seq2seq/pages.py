@@ -3,9 +3,9 @@
 Decoding one sentence reads every decoder weight once a token (about 154 MB for a
 transformer-base model in fp32) from memory, by default in 4 KB pages: each new page costs a TLB
 miss and the hardware prefetcher stops at its edge. On our 2-core AMD EPYC (a VM), plain sums
-over a step's weights on huge pages ran 1.06-1.27x as fast as on 4 KB pages in 9 of 10 paired
-A/Bs (0.95x in the other); whole decoding cells moved less and both ways from run to run
-(bench/cpu_pages.py; docs/RESULTS.md).
+over a step's weights on huge pages ran 1.06-1.27x as fast as on 4 KB pages in 11 of 12 paired
+A/Bs (0.95x in the other); decoding cells ran 1.03-1.14x as fast in two runs of
+bench/cpu_pages.py and 0.91-0.98x in a third (docs/RESULTS.md).
 
 to_huge_pages copies every parameter and buffer into one private anonymous mapping advised with
 MADV_HUGEPAGE, which the kernel backs with huge pages when

@@ -17,9 +17,11 @@ Ours runs up to three ways on the same packed model:
   KV cache, the greedy or beam search of infer/; the plain weights are kept too (below), so
   products of 512 rows or more (the encoder at batch 32) use MKL;
 - "ours_compiled": infer.graphed's static-shape searches with compile=True (the step compiled by
-  torch.compile, one compile per span bucket of --span positions), on the same model with its
-  plain weights kept for the few-row products. Each cell compiles in an untimed first run, whose
-  seconds are reported as compile_seconds (inductor's on-disk cache shortens later runs);
+  torch.compile, one compile per span bucket of --span positions), on the same model (with the
+  oneDNN kernel, its plain weights serve the few-row products). Each cell compiles in an untimed
+  first run, whose seconds are reported as compile_seconds (inductor's on-disk cache shortens
+  later runs). The model's tensors are on transparent huge pages where the OS offers them
+  (pack_for_cpu's default; seq2seq.pages);
 - "ours_aot", batch 1 greedy only: the same step compiled ahead of time by AOTInductor
   (infer.aot.compile_ahead), one C++ call a step instead of a call through dynamo.
 

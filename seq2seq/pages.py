@@ -50,7 +50,10 @@ def to_huge_pages(module: nn.Module) -> nn.Module:
         return module
     # Private, not shared: the kernel backs only private anonymous memory with transparent huge pages.
     area = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    area.madvise(mmap.MADV_HUGEPAGE)  # before the first write: pages are chosen as they are first touched
+    try:  # before the first write: pages are chosen as they are first touched
+        area.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # a kernel built without transparent huge pages: ordinary pages, same values
+        pass
     arena = torch.frombuffer(area, dtype=torch.uint8)  # keeps the mapping alive
     for offset, storage in storages:
         arena[offset : offset + storage.nbytes()].copy_(torch.empty(0, dtype=torch.uint8).set_(storage))

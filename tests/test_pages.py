@@ -45,3 +45,17 @@ def test_packed_model_on_huge_pages_decodes_as_before():
 
 def test_to_huge_pages_leaves_a_module_without_cpu_tensors_alone():
     assert list(pages.to_huge_pages(nn.ReLU()).parameters()) == []
+
+
+def test_to_huge_pages_without_kernel_support_still_moves_the_tensors(monkeypatch):
+    """A kernel built without transparent huge pages refuses the advice: ordinary pages, same values."""
+    class Refusing(pages.mmap.mmap):
+        def madvise(self, *args):
+            raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(pages.mmap, "mmap", Refusing)
+    model = tiny_model(seed=8)
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    pages.to_huge_pages(model)
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+    assert len({t.untyped_storage().data_ptr() for t in model.state_dict().values()}) == 1

@@ -8,14 +8,10 @@ from infer.aot import compile_ahead
 from infer.graphed import GraphedBeam, GraphedGreedy
 from infer.greedy import greedy_search
 from infer.search import SearchConfig
-from seq2seq import native, packed
-from tests.conftest import pad_batch, random_sentences, tiny_model
+from seq2seq import packed
+from tests.conftest import KERNELS, pad_batch, random_sentences, tiny_model
 
 pytestmark = pytest.mark.skipif(not packed.available(), reason="no oneDNN in this PyTorch build")
-
-
-KERNELS = [pytest.param(k, marks=pytest.mark.skipif(k == "panel" and not native.load(), reason=native.why_not))
-           for k in packed.KERNELS]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -12,13 +12,9 @@ from infer.beam import beam_search
 from infer.greedy import greedy_search
 from infer.search import SearchConfig
 from seq2seq import native, packed
-from tests.conftest import pad_batch, random_sentences, tiny_model
+from tests.conftest import KERNELS, pad_batch, random_sentences, tiny_model
 
 pytestmark = pytest.mark.skipif(not packed.available(), reason="no oneDNN in this PyTorch build")
-KERNELS = [pytest.param(k, marks=pytest.mark.skipif(k == "panel" and not native.load(), reason=native.why_not))
-           for k in packed.KERNELS]
-
-
 def test_the_native_kernel_builds_where_it_can():
     """On x86-64 with AVX2 and a C++ compiler (CI's machine), the panel product must build and load."""
     if os.environ.get("SEQ2SEQ_NATIVE") == "0" or platform.machine().lower() not in ("x86_64", "amd64") \

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode import decode  # noqa: E402
 from peers import random_source, transformer_base  # noqa: E402
-from seq2seq import native, packed  # noqa: E402
+from seq2seq.speed import native, packed  # noqa: E402
 
 
 def per_call(fn, x, calls: int) -> float:

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from infer import SearchConfig, beam_search, greedy_search  # noqa: E402
+from infer import Engine, SearchConfig  # noqa: E402
 from seq2seq import ModelConfig, Transformer  # noqa: E402
 
 
@@ -118,25 +118,16 @@ def forced_config(length: int, beam: int) -> SearchConfig:
     return SearchConfig(beam_size=beam, length_norm="none", max_len_a=0.0, max_len_b=length, max_len=length, min_len=length)
 
 
-def graphed_search(model, batch: int, src_len: int, length: int, beam: int, **options):
-    """infer.graphed's greedy (beam 1) or beam search for a forced length; options: use_graph,
-    span, compile."""
-    from infer.graphed import GraphedBeam, GraphedGreedy
-
-    cls = GraphedGreedy if beam == 1 else GraphedBeam
-    return cls(model, batch, src_len, forced_config(length, beam), **options)
-
-
-def best_tokens(result, beam: int) -> list[list[int]]:
-    """The best hypothesis's tokens per sentence, from a greedy (beam 1) or beam search's result."""
-    return [(h if beam == 1 else h[0]).tokens for h in result]
-
-
 def decode(model, src, length: int, beam: int, use_cache: bool):
+    """The engine as seq2seq-translate runs it (static shapes and CUDA graphs on a GPU), or the
+    uncached reference."""
     cfg = forced_config(length, beam)
-    if beam == 1:
-        return [[h.tokens] for h in greedy_search(model, src, cfg, use_cache=use_cache)]
-    return [[h.tokens for h in nbest] for nbest in beam_search(model, src, cfg, use_cache=use_cache)]
+    engine = ENGINES.setdefault((id(model), use_cache), Engine(model, static=None if use_cache else False, use_cache=use_cache))
+    max_lens = torch.full((src.size(0),), length, device=src.device)
+    return [[h.tokens for h in nbest] for nbest in engine.search(src, max_lens, cfg, greedy=beam == 1)]
+
+
+ENGINES: dict = {}  # one engine per model and path: captured steps are reused, as Translator's are
 
 
 def measure(model, src, length, beam, use_cache, repeats, device):

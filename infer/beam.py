@@ -1,111 +1,110 @@
-"""Batched beam search on a decoder state, with finished sentences leaving the batch.
+"""Beam search: the K best hypotheses of every sentence, extended a token at a time.
 
-Shapes: B sentences in the batch, n still decoding, K beam size, N = n * K decoder rows,
-V vocabulary, C = 2K candidates per sentence and step.
+Shapes: B sentences, K beam size, N = B * K decoder rows, M steps (the longest budget, plus
+EOS), V vocabulary, C = 2K candidates per sentence and step, F = n_best finished hypotheses
+kept per sentence.
 
 Each step ranks the C best extensions of a sentence's K live hypotheses. EOS among the top K
-finishes a hypothesis, which is set aside; the best K non-EOS extensions stay live. A
-sentence stops once it has n_best finished hypotheses and no live one can still beat them.
+finishes a hypothesis, which is set aside; the best K extensions that are not EOS stay live. A
+sentence is done once it has F finished hypotheses and no live one can still beat them, or
+its budget is spent. As in greedy search, every tensor lives on the device with a fixed shape
+and the step reads no host value: a done sentence keeps stepping but changes nothing.
+Re-ranking gathers the token histories and the decoder's ancestor table, never its K/V.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from infer.search import Hypothesis, SearchConfig, constrain, max_output_lengths
-from infer.state import decoder_state
-from seq2seq.ensemble import Ensemble
-from seq2seq.model import Transformer
+from infer.search import Hypothesis, SearchConfig, constrain
+from seq2seq.config import ModelConfig
 
 
-@torch.no_grad()
-def beam_search(
-    model: Transformer | Ensemble, src: Tensor, cfg: SearchConfig = SearchConfig(), use_cache: bool = True
-) -> list[list[Hypothesis]]:
-    """src (B, S) right-padded -> per sentence, up to cfg.n_best hypotheses, best first.
+class BeamSearch:
+    """BeamSearch(decoder, ids, cfg, B, M).start(max_lens); step(span) per token; results()."""
 
-    use_cache=False recomputes the whole prefix every step (the reference).
-    """
-    mc = model.config
-    max_lens = max_output_lengths((src != mc.pad_id).sum(dim=1), cfg, mc.max_positions)
-    state = decoder_state(model, src, cfg.beam_size, int(max_lens.max()) + 1, use_cache)
-    return run_beam(state, max_lens, cfg, mc.bos_id, mc.eos_id, banned=(mc.pad_id, mc.bos_id))
+    def __init__(self, decoder, ids: ModelConfig, cfg: SearchConfig, batch: int, steps: int, device: torch.device):
+        self.decoder, self.ids, self.cfg, self.steps = decoder, ids, cfg, steps
+        k, f = cfg.beam_size, cfg.n_best
+        self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)  # each sentence's budget
+        self.row_max_lens = torch.zeros(batch * k, dtype=torch.long, device=device)  # ... of each row
+        self.budget_penalty = torch.ones(batch, device=device)  # length penalty at each budget
+        self.t = torch.zeros(1, dtype=torch.long, device=device)  # the index of the token a step emits
+        self.sentence = torch.arange(batch, device=device).unsqueeze(1)  # (B, 1)
+        self.last = torch.full((batch * k,), ids.bos_id, device=device)  # each row's newest token
+        self.history = torch.full((batch * k, steps), ids.pad_id, device=device)  # each row's tokens
+        self.scores = torch.zeros(batch, k, device=device)  # cumulative log-probs of live hypotheses
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.fin_scores = torch.zeros(batch, f, device=device)  # finished, best first; -inf: empty
+        self.fin_log_probs = torch.zeros(batch, f, device=device)
+        self.fin_lengths = torch.zeros(batch, f, dtype=torch.long, device=device)
+        self.fin_tokens = torch.zeros(batch, f, steps, dtype=torch.long, device=device)
 
+    def start(self, max_lens: Tensor) -> None:
+        """A new batch (the decoder loaded with it) with budgets max_lens (B,)."""
+        self.max_lens.copy_(max_lens)
+        self.row_max_lens.copy_(max_lens.repeat_interleave(self.cfg.beam_size))
+        self.budget_penalty.copy_(self.cfg.length_penalty(max_lens + 1))
+        self.t.zero_()
+        self.last.fill_(self.ids.bos_id)
+        self.history.fill_(self.ids.pad_id)
+        self.scores.fill_(float("-inf"))
+        self.scores[:, 0] = 0.0  # all beams start identical: let only the first expand
+        self.done.zero_()
+        self.fin_scores.fill_(float("-inf"))
 
-def _best_reachable(live_best: Tensor, max_lens: Tensor, cfg: SearchConfig) -> Tensor:
-    """Upper bound on the score a live hypothesis can still reach; live_best, max_lens (n,).
-
-    Log-probs only fall as a hypothesis grows, while an increasing length penalty divides a
-    negative log-prob by more, so the bound takes the longest length the budget allows.
-    """
-    penalty = torch.tensor([cfg.length_penalty(int(m) + 1) for m in max_lens.tolist()], device=live_best.device)
-    return torch.where(live_best < 0, live_best / penalty, live_best)
-
-
-def run_beam(
-    state, max_lens: Tensor, cfg: SearchConfig, bos_id: int, eos_id: int, banned: tuple[int, ...] = ()
-) -> list[list[Hypothesis]]:
-    """Beam search over any decoder state (step / reorder / keep_sentences); max_lens (B,)."""
-    k, device = cfg.beam_size, max_lens.device
-    batch = max_lens.numel()
-    alive = torch.arange(batch, device=device)  # original index of each live sentence
-    tokens = torch.full((batch * k, 1), bos_id, dtype=torch.long, device=device)  # (N, 1 + t)
-    scores = torch.zeros(batch, k, device=device)  # cumulative log-probs of live hypotheses
-    scores[:, 1:] = float("-inf")  # all beams start identical: let only the first expand
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    for step in range(int(max_lens.max()) + 1):
-        n = alive.numel()
-        lp = torch.log_softmax(state.step(tokens[:, -1]).float(), dim=-1)  # (N, V)
-        constrain(lp, step, max_lens[alive].repeat_interleave(k), cfg.min_len, eos_id, banned)
-        vocab = lp.size(-1)
-        cand = (scores.unsqueeze(2) + lp.view(n, k, vocab)).view(n, k * vocab)
-        cand_scores, cand_ids = cand.topk(min(2 * k, k * vocab), dim=1)  # (n, C), best first
+    def step(self, span: int) -> None:
+        """One token for every hypothesis; the decoder attends over `span` positions."""
+        ids, cfg, k, f = self.ids, self.cfg, self.cfg.beam_size, self.cfg.n_best
+        b, t = self.scores.size(0), self.t
+        logits = self.decoder.step(self.last, span)  # (N, V)
+        log_probs = constrain(logits.float().log_softmax(-1), t, self.row_max_lens, cfg.min_len,
+                              ids.pad_id, ids.bos_id, ids.eos_id)
+        vocab = log_probs.size(-1)
+        cand = (self.scores.unsqueeze(2) + log_probs.view(b, k, vocab)).view(b, k * vocab)
+        cand_scores, cand_ids = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, C), best first
         cand_beam, cand_tok = cand_ids // vocab, cand_ids % vocab
-        is_eos = cand_tok == eos_id
+        is_eos = cand_tok == ids.eos_id
 
-        # Finish the EOS candidates that rank among the top K.
-        ends = (is_eos[:, :k] & torch.isfinite(cand_scores[:, :k])).nonzero().tolist()
-        if ends:
-            rows = torch.tensor([b * k + int(cand_beam[b, j]) for b, j in ends], device=device)
-            ended_tokens = tokens[rows, 1:].tolist()
-            ended_lp = cand_scores[[b for b, _ in ends], [j for _, j in ends]].tolist()
-            for (b, _), toks, log_prob in zip(ends, ended_tokens, ended_lp):
-                hyp = Hypothesis(toks, log_prob / cfg.length_penalty(step + 1), log_prob)
-                _add_finished(finished[int(alive[b])], hyp, cfg.n_best)
+        # EOS among the top K finishes a hypothesis, unless its sentence is done; the new ones go
+        # after those kept and the best F stay, ties in that order.
+        ends = is_eos[:, :k] & torch.isfinite(cand_scores[:, :k]) & ~self.done.unsqueeze(1)  # (B, K)
+        new_scores = torch.where(ends, cand_scores[:, :k] / cfg.length_penalty(t + 1), float("-inf"))
+        new_tokens = self.history.index_select(0, (self.sentence * k + cand_beam[:, :k]).view(-1)).view(b, k, -1)
+        merged = torch.cat([self.fin_scores, new_scores], dim=1)  # (B, F + K)
+        keep = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :f]
+        self.fin_scores.copy_(merged.gather(1, keep))
+        self.fin_log_probs.copy_(torch.cat([self.fin_log_probs, cand_scores[:, :k]], 1).gather(1, keep))
+        self.fin_lengths.copy_(torch.cat([self.fin_lengths, t.expand(b, k)], 1).gather(1, keep))
+        tokens = torch.cat([self.fin_tokens, new_tokens], 1)
+        self.fin_tokens.copy_(tokens.gather(1, keep.unsqueeze(2).expand(-1, -1, self.steps)))
 
-        # The best K non-EOS candidates stay live; a stable sort keeps their rank order.
+        # The best K candidates that are not EOS stay live; a stable sort keeps their order.
         order = torch.argsort(is_eos.int(), dim=1, stable=True)[:, :k]
-        scores = cand_scores.gather(1, order)
-        rows = (torch.arange(n, device=device).unsqueeze(1) * k + cand_beam.gather(1, order)).view(-1)
-        tokens = torch.cat([tokens[rows], cand_tok.gather(1, order).view(-1, 1)], dim=1)
-        state.reorder(rows)
+        self.scores.copy_(cand_scores.gather(1, order))
+        rows = (self.sentence * k + cand_beam.gather(1, order)).view(-1)
+        chosen = cand_tok.gather(1, order).view(-1)
+        self.history.copy_(self.history.index_select(0, rows))
+        self.history.index_copy_(1, t, chosen.unsqueeze(1))
+        self.decoder.reorder(rows)
+        self.last.copy_(chosen)
 
-        done = _sentences_done(finished, alive, scores[:, 0], max_lens[alive], step, cfg)
-        if done.all():
-            break
-        if done.any():
-            keep = (~done).nonzero().squeeze(1)
-            state.keep_sentences(keep)  # finished sentences leave the batch
-            alive, scores = alive[keep], scores[keep]
-            tokens = tokens.view(n, k, -1)[keep].view(keep.numel() * k, -1)
-    return finished
+        # Done: the budget is spent, or F are finished and no live hypothesis can beat the worst
+        # of them. Log-probs only fall as a hypothesis grows, and a penalty growing with length
+        # divides a negative log-prob by more: the bound is the best live one at the budget.
+        live_best = self.scores[:, 0]
+        reachable = torch.where(live_best < 0, live_best / self.budget_penalty, live_best)
+        worst = self.fin_scores[:, f - 1]
+        self.done.logical_or_((torch.isfinite(worst) & (worst >= reachable)) | (t >= self.max_lens))
+        self.t.add_(1)
 
+    def finished(self) -> Tensor:
+        """() bool: every sentence is done."""
+        return self.done.all()
 
-def _add_finished(hyps: list[Hypothesis], hyp: Hypothesis, n_best: int) -> None:
-    """Insert hyp into hyps (best first) and keep the n_best best."""
-    hyps.append(hyp)
-    hyps.sort(key=lambda h: h.score, reverse=True)
-    del hyps[n_best:]
-
-
-def _sentences_done(
-    finished: list[list[Hypothesis]], alive: Tensor, live_best: Tensor, max_lens: Tensor, step: int, cfg: SearchConfig
-) -> Tensor:
-    """(n,) bool: budget spent, or n_best finished and no live hypothesis can still beat them."""
-    bound = _best_reachable(live_best, max_lens, cfg).tolist()
-    done = []
-    for b, reachable, budget in zip(alive.tolist(), bound, max_lens.tolist()):
-        hyps = finished[b]
-        settled = len(hyps) >= cfg.n_best and hyps[-1].score >= reachable
-        done.append(settled or step >= budget)
-    return torch.tensor(done, device=alive.device)
+    def results(self) -> list[list[Hypothesis]]:
+        """Per sentence, up to n_best hypotheses, best first."""
+        scores, log_probs = self.fin_scores.tolist(), self.fin_log_probs.tolist()
+        lengths, tokens = self.fin_lengths.tolist(), self.fin_tokens.tolist()
+        return [[Hypothesis(toks[:n], s, lp) for s, lp, n, toks in zip(*row) if s != float("-inf")]
+                for row in zip(scores, log_probs, lengths, tokens)]

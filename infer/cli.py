@@ -40,9 +40,10 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-len-b", type=int, default=10, help="(default 10)")
     g.add_argument("--max-len", type=int, default=256, help="hard cap on output tokens (default 256)")
     g.add_argument("--min-len", type=int, default=0, help="no EOS before this many tokens (default 0)")
-    g.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch, beams included (default 4096)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    g.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights and activations (default fp32)")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="padded tokens per batch, beams included (default 4096 on CPU, 32768 on CUDA)")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one, else cpu)")
+    g.add_argument("--dtype", choices=list(DTYPES), default=None, help="weights and activations (default bf16 on CUDA, fp32 on CPU)")
 
 
 def _search_kwargs(args) -> dict:
@@ -51,10 +52,10 @@ def _search_kwargs(args) -> dict:
                 max_tokens=args.max_tokens)
 
 
-def _load_translator(args):
+def _load_translator(args, build: bool = True):
     from infer.translator import Translator  # deferred: usage errors answer before torch loads
 
-    return Translator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    return Translator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, build=build)
 
 
 def _run(prog: str, debug: bool, body) -> int:
@@ -133,7 +134,7 @@ def _translate_lines(translator, args, name: str, lines: list[str]) -> list[str]
 def _interactive(args, stdin: BinaryIO, stdout: TextIO) -> int:
     from infer.textio import decode_lines
 
-    translator = _load_translator(args)
+    translator = _load_translator(args, build=False)  # answer at once: no kernel build to wait on
     args.quiet = True  # answers, not progress, go to the terminal
     number = 0
     for raw in iter(stdin.readline, b""):

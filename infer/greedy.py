@@ -1,58 +1,63 @@
-"""Batched greedy search: the most probable token at every step.
+"""Greedy search: the most probable allowed token at every step.
 
-Shapes: B sentences in the batch, n still decoding, S source length, t steps so far.
+Shapes: B sentences, M steps (the longest budget, plus EOS), V vocabulary.
+
+Every tensor the search reads or writes lives on the device and keeps its shape from step to
+step; the step reads no host value. A sentence that has ended keeps stepping (the batch keeps
+its shape) but no longer changes its result. So the same step runs eagerly or captured once
+and replayed (seq2seq.speed), and the caller asks finished() only as often as it likes.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from infer.search import Hypothesis, SearchConfig, constrain, max_output_lengths
-from infer.state import decoder_state
-from seq2seq.ensemble import Ensemble
-from seq2seq.model import Transformer
+from infer.search import Hypothesis, SearchConfig, constrain
+from seq2seq.config import ModelConfig
 
 
-@torch.no_grad()
-def greedy_search(
-    model: Transformer | Ensemble, src: Tensor, cfg: SearchConfig = SearchConfig(), use_cache: bool = True
-) -> list[Hypothesis]:
-    """src (B, S) right-padded -> one hypothesis per sentence, in input order.
+class GreedySearch:
+    """GreedySearch(decoder, ids, cfg, B, M).start(max_lens); step(span) per token; results()."""
 
-    Uses cfg's length limits; the length penalty only scales the reported score. use_cache=False recomputes the
-    whole prefix every step (the reference).
-    """
-    mc = model.config
-    max_lens = max_output_lengths((src != mc.pad_id).sum(dim=1), cfg, mc.max_positions)
-    state = decoder_state(model, src, 1, int(max_lens.max()) + 1, use_cache)
-    return run_greedy(state, max_lens, cfg, mc.bos_id, mc.eos_id, banned=(mc.pad_id, mc.bos_id))
+    def __init__(self, decoder, ids: ModelConfig, cfg: SearchConfig, batch: int, steps: int, device: torch.device):
+        self.decoder, self.ids, self.cfg, self.steps = decoder, ids, cfg, steps
+        self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)  # each sentence's budget
+        self.t = torch.zeros(1, dtype=torch.long, device=device)  # the index of the token a step emits
+        self.last = torch.full((batch,), ids.bos_id, device=device)  # each row's newest token
+        self.out = torch.full((batch, steps), ids.pad_id, device=device)  # emitted tokens
+        self.log_probs = torch.zeros(batch, device=device)
+        self.ended_at = torch.full((batch,), -1, dtype=torch.long, device=device)  # the step of EOS
 
+    def start(self, max_lens: Tensor) -> None:
+        """A new batch (the decoder loaded with it) with budgets max_lens (B,)."""
+        self.max_lens.copy_(max_lens)
+        self.t.zero_()
+        self.last.fill_(self.ids.bos_id)
+        self.out.fill_(self.ids.pad_id)
+        self.log_probs.zero_()
+        self.ended_at.fill_(-1)
 
-def run_greedy(
-    state, max_lens: Tensor, cfg: SearchConfig, bos_id: int, eos_id: int, banned: tuple[int, ...] = ()
-) -> list[Hypothesis]:
-    """Greedy search over any decoder state (step / keep_sentences); max_lens (B,)."""
-    batch = max_lens.numel()
-    alive = torch.arange(batch, device=max_lens.device)  # original index of each live row
-    tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=max_lens.device)  # (n, 1 + t)
-    log_probs = torch.zeros(batch, device=max_lens.device)
-    results: list[Hypothesis | None] = [None] * batch
-    for step in range(int(max_lens.max()) + 1):
-        lp = torch.log_softmax(state.step(tokens[:, -1]).float(), dim=-1)
-        constrain(lp, step, max_lens[alive], cfg.min_len, eos_id, banned)
-        best_lp, best = lp.max(dim=-1)
-        log_probs = log_probs + best_lp
-        tokens = torch.cat([tokens, best.unsqueeze(1)], dim=1)
-        done = best == eos_id
-        if not done.any():
-            continue
-        for row in done.nonzero().squeeze(1).tolist():
-            log_prob = log_probs[row].item()
-            score = log_prob / cfg.length_penalty(step + 1)
-            results[alive[row].item()] = Hypothesis(tokens[row, 1:-1].tolist(), score, log_prob)
-        keep = (~done).nonzero().squeeze(1)
-        if keep.numel() == 0:
-            break
-        state.keep_sentences(keep)  # finished sentences leave the batch
-        alive, tokens, log_probs = alive[keep], tokens[keep], log_probs[keep]
-    return results  # every row is forced to EOS by its budget, so none is left None
+    def step(self, span: int) -> None:
+        """One token for every sentence; the decoder attends over `span` positions."""
+        ids = self.ids
+        logits = self.decoder.step(self.last, span)  # (B, V)
+        log_probs = constrain(logits.float().log_softmax(-1), self.t, self.max_lens, self.cfg.min_len,
+                              ids.pad_id, ids.bos_id, ids.eos_id)
+        best_lp, best = log_probs.max(dim=-1)
+        running = self.ended_at < 0
+        self.log_probs.add_(torch.where(running, best_lp, 0.0))
+        best = torch.where(running, best, ids.pad_id)
+        self.out.index_copy_(1, self.t, best.unsqueeze(1))
+        self.ended_at.copy_(torch.where(running & (best == ids.eos_id), self.t, self.ended_at))
+        self.last.copy_(torch.where(running, best, ids.eos_id))
+        self.t.add_(1)
+
+    def finished(self) -> Tensor:
+        """() bool: every sentence has ended (its budget forces EOS at the last step)."""
+        return (self.ended_at >= 0).all()
+
+    def results(self) -> list[list[Hypothesis]]:
+        """Per sentence, its one hypothesis."""
+        out, ended, log_probs = self.out.tolist(), self.ended_at.tolist(), self.log_probs.tolist()
+        return [[Hypothesis(row[:end], lp / self.cfg.length_penalty(end + 1), lp)]
+                for row, end, lp in zip(out, ended, log_probs)]

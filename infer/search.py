@@ -1,4 +1,5 @@
-"""What greedy and beam search share: options, hypotheses, length limits and penalties.
+"""The rules of search, written once for greedy and beam search: options, hypotheses, output
+budgets, length penalties and which tokens a step may emit.
 
 Shapes: B sentences, N decoder rows (B * beams), V vocabulary.
 """
@@ -14,7 +15,7 @@ LENGTH_NORMS = ("none", "average", "gnmt")
 
 @dataclass(frozen=True)
 class SearchConfig:
-    beam_size: int = 5  # 1 still runs beam search; use greedy_search for greedy
+    beam_size: int = 5  # hypotheses kept per sentence; greedy search ignores it
     n_best: int = 1  # hypotheses returned per sentence, best first; at most beam_size
     length_norm: str = "average"  # "none" (raw log-prob), "average" (per token), "gnmt"
     alpha: float = 0.6  # GNMT length penalty exponent: score / ((5 + len) / 6) ** alpha
@@ -33,13 +34,14 @@ class SearchConfig:
         if self.max_len < 1 or self.min_len < 0:
             raise ValueError(f"need max_len >= 1 and min_len >= 0, got {self.max_len} and {self.min_len}")
 
-    def length_penalty(self, length: int) -> float:
-        """Divisor of a hypothesis's log-prob; length counts output tokens including EOS."""
+    def length_penalty(self, length):
+        """Divisor of a hypothesis's log-prob; length (an int, or a tensor of them) counts output
+        tokens including EOS."""
         if self.length_norm == "average":
-            return float(length)
+            return length * 1.0
         if self.length_norm == "gnmt":
             return ((5.0 + length) / 6.0) ** self.alpha
-        return 1.0
+        return length * 0.0 + 1.0
 
 
 @dataclass(frozen=True)
@@ -58,21 +60,17 @@ def max_output_lengths(src_lengths: Tensor, cfg: SearchConfig, max_positions: in
     return budget.clamp(min=1, max=min(cfg.max_len, max_positions - 1))
 
 
-def constrain(
-    log_probs: Tensor, step: int, max_lens: Tensor, min_len: int, eos_id: int, banned: tuple[int, ...] = ()
-) -> Tensor:
-    """Apply output rules in place to log_probs (N, V) for the token at index step.
-
-    Banned ids (padding, BOS) are never emitted; rows whose budget is spent may only emit
-    EOS; rows under min_len may not emit it.
-    """
-    if banned:
-        log_probs[:, list(banned)] = float("-inf")
+def constrain(log_probs: Tensor, step: Tensor, max_lens: Tensor, min_len: int, pad_id: int, bos_id: int,
+              eos_id: int) -> Tensor:
+    """The tokens a step may emit, in place: log_probs (N, V) with the others at -inf. step (1,)
+    is the index of the token being chosen, on the device (no host value, so a captured step can
+    run it); max_lens (N,) each row's budget. Padding and BOS are never emitted; rows under
+    min_len may not emit EOS; rows whose budget is spent may only emit EOS, at its own log-prob."""
+    columns = torch.arange(log_probs.size(-1), device=log_probs.device)
+    eos_lp = log_probs[:, eos_id].clone()  # (N,)
+    log_probs.masked_fill_((columns == pad_id) | (columns == bos_id) | ((columns == eos_id) & (step < min_len)),
+                           float("-inf"))
     forced = max_lens <= step  # (N,)
-    if step < min_len:
-        log_probs[~forced, eos_id] = float("-inf")
-    if forced.any():
-        eos = log_probs[forced, eos_id].clone()
-        log_probs[forced] = float("-inf")
-        log_probs[forced, eos_id] = eos
+    log_probs.masked_fill_(forced.unsqueeze(1), float("-inf"))
+    log_probs[:, eos_id] = torch.where(forced, eos_lp, log_probs[:, eos_id])
     return log_probs

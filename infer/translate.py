@@ -8,12 +8,9 @@ from typing import Callable
 
 import torch
 
-from infer.beam import beam_search
-from infer.greedy import greedy_search
+from infer.engine import Engine
 from infer.search import Hypothesis, SearchConfig, max_output_lengths
 from seq2seq.batching import batch_plan, pad
-from seq2seq.ensemble import Ensemble
-from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 
 
@@ -33,26 +30,27 @@ def encode_sources(
     return sources
 
 
-@torch.no_grad()
 def translate_ids(
-    model: Transformer | Ensemble, sources: list[list[int]], cfg: SearchConfig, max_tokens: int = 4096, greedy: bool = False,
+    engine: Engine, sources: list[list[int]], cfg: SearchConfig, max_tokens: int = 4096, greedy: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[list[Hypothesis]]:
-    """Search every source (ids with EOS); per source, its n-best list, in input order.
+    """Search every source (ids with EOS) with the engine; per source, its n-best list, in input
+    order.
 
     Batches group sources of similar length. A batch that runs out of GPU memory is split in
     two and retried, so no sentence is lost or reordered.
     """
-    device = next(model.parameters()).device
+    mc = engine.model.config
     lengths = [len(s) for s in sources]
-    # Budget by source length and by the decoder positions the search may fill (BOS + output).
-    out_lens = (max_output_lengths(torch.tensor(lengths), cfg, model.config.max_positions) + 1).tolist()
+    budgets = max_output_lengths(torch.tensor(lengths), cfg, mc.max_positions)
+    # Batch by source length and by the decoder positions the search may fill (BOS + output).
+    out_lens = (budgets + 1).tolist()
     results: list[list[Hypothesis]] = [[] for _ in sources]
 
     def run(batch: list[int]) -> None:
-        src = pad([sources[i] for i in batch], model.config.pad_id).to(device)
+        src = pad([sources[i] for i in batch], mc.pad_id).to(engine.device)
         try:
-            found = [[h] for h in greedy_search(model, src, cfg)] if greedy else beam_search(model, src, cfg)
+            found = engine.search(src, budgets[batch], cfg, greedy)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise

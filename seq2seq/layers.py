@@ -63,8 +63,8 @@ class DecoderLayer(nn.Module):
         q, k, v = self.self_attn.project_qkv(h)  # newest positions only when cached
         if cache is None:
             return self.self_attn.attend(q, k, v, is_causal=True)
-        k, v = cache.append(k, v)  # the prefix so far, or the cache's whole fixed-size buffer
-        return self.self_attn.attend(q, k, v, cache.self_mask(q.size(2)))
+        k, v = cache.append(k, v)  # every slot's first `span` positions
+        return self.self_attn.attend(q, k, v, cache.self_mask())
 
     def _cross_attention(self, h: Tensor, memory: Tensor | None, src_mask: Tensor, cache: LayerCache | None) -> Tensor:
         # Cached decoding reads K/V projected once per sentence; training projects the memory.

@@ -6,7 +6,7 @@ T target length, D d_model, V target vocabulary.
 Training calls forward (teacher forcing: the whole shifted target under a causal mask, no
 cache). Inference calls encode once, init_cache once (which projects every layer's
 cross-attention K/V) and then step per token. decode is the uncached full-prefix decoder that
-tests and benchmarks use as the reference.
+the tests use as the reference.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seq2seq.cache import DecoderCache
+from seq2seq.cache import KVCache
 from seq2seq.config import ModelConfig
 from seq2seq.embedding import Embedding
 from seq2seq.layers import DecoderLayer, EncoderLayer
@@ -74,21 +74,24 @@ class Transformer(nn.Module):
         memory = self.encode(src)
         return self.project(self.decode(tgt_in, memory, self.padding_mask(src)))
 
-    def init_cache(self, memory: Tensor, src_mask: Tensor, beam_size: int = 1, max_len: int | None = None) -> DecoderCache:
-        """Project each layer's cross-attention K/V once; allocate self-attention buffers.
+    def cross_kv(self, memory: Tensor) -> Tensor:
+        """Every decoder layer's cross-attention K/V, projected once: memory (B, S, D) ->
+        (Y, 2, B, H, S, Dh)."""
+        return torch.stack([torch.stack(layer.cross_attn.project_kv(memory)) for layer in self.decoder_layers])
 
-        memory (B, S, D), src_mask (B, 1, 1, S); max_len target positions (default max_positions).
-        """
+    def init_cache(self, memory: Tensor, src_mask: Tensor, beam_size: int = 1, max_len: int | None = None) -> KVCache:
+        """A cache over memory (B, S, D), src_mask (B, 1, 1, S) for beam_size rows per sentence
+        and max_len target positions (default max_positions)."""
         max_len = self.config.max_positions if max_len is None else max_len
         if not 0 < max_len <= self.config.max_positions:
             raise ValueError(f"max_len={max_len} must be in [1, max_positions={self.config.max_positions}]")
-        cross = [torch.stack(layer.cross_attn.project_kv(memory)) for layer in self.decoder_layers]
-        return DecoderCache.allocate(torch.stack(cross), src_mask, beam_size, max_len)  # (Y, 2, B, H, S, Dh)
+        return KVCache.allocate(self.cross_kv(memory), src_mask, beam_size, max_len)
 
-    def step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
-        """Decode the newest tokens (N, T) given the cache; writes their K/V -> logits (N, T, V)."""
-        x = self.tgt_embed(tokens, offset=cache.length)
+    def step(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """Decode each row's newest token (N,) at the cache's position; writes its K/V and
+        advances the cache -> next-token logits (N, V)."""
+        x = self.tgt_embed(tokens.unsqueeze(1), offset=cache.length)  # (N, 1, D)
         for i, layer in enumerate(self.decoder_layers):
             x = layer(x, None, cache.src_mask, cache.layer(i))
-        cache.advance(tokens.size(1))
-        return self.project(self.decoder_norm(x))
+        cache.advance()
+        return self.project(self.decoder_norm(x[:, 0]))

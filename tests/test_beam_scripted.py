@@ -8,13 +8,15 @@ import math
 import pytest
 import torch
 
-from infer.beam import run_beam
-from infer.greedy import run_greedy
+from infer.beam import BeamSearch
+from infer.engine import run
+from infer.greedy import GreedySearch
 from infer.search import SearchConfig
-from seq2seq.cache import sentence_rows
+from seq2seq.config import ModelConfig
 
-BOS, EOS, A, B, C = 1, 2, 3, 4, 5
+PAD, BOS, EOS, A, B, C = 0, 1, 2, 3, 4, 5
 VOCAB = 6
+IDS = ModelConfig(pad_id=PAD, bos_id=BOS, eos_id=EOS)
 
 # Beam finds what greedy misses: greedy takes "a" (0.6) then EOS (0.4): P = 0.24,
 # while "b" then EOS has P = 0.4 * 0.9 = 0.36.
@@ -40,8 +42,8 @@ SCRIPT_LENGTH = {
 }
 
 
-class ScriptedState:
-    """A decoder state (step / reorder / keep_sentences) reading scripted probabilities."""
+class ScriptedDecoder:
+    """A decoder (step / reorder) reading scripted probabilities."""
 
     def __init__(self, scripts, beam_size):
         self.beam_size = beam_size
@@ -51,7 +53,7 @@ class ScriptedState:
         self.steps = 0
         self.rows_per_step = []
 
-    def step(self, last):
+    def step(self, last, span):
         self.steps += 1
         self.rows_per_step.append(len(self.prefix))
         if self.steps > 1:
@@ -65,16 +67,17 @@ class ScriptedState:
     def reorder(self, rows):
         self.prefix = [self.prefix[r] for r in rows.tolist()]
 
-    def keep_sentences(self, keep):
-        rows = sentence_rows(keep, self.beam_size).tolist()
-        self.sentence = [self.sentence[r] for r in rows]
-        self.prefix = [self.prefix[r] for r in rows]
+
+def search(search_cls, scripts, budget, cfg):
+    """Run a search over the scripts, checking for the end after every step, as on CPU."""
+    decoder = ScriptedDecoder(scripts, 1 if search_cls is GreedySearch else cfg.beam_size)
+    found = search_cls(decoder, IDS, cfg, len(scripts), budget + 1, torch.device("cpu"))
+    found.start(torch.tensor([budget] * len(scripts)))
+    return run(found, budget + 1), decoder
 
 
 def beam(scripts, budget, **cfg):
-    cfg = SearchConfig(**{"beam_size": 2, **cfg})
-    state = ScriptedState(scripts, cfg.beam_size)
-    return run_beam(state, torch.tensor([budget] * len(scripts)), cfg, BOS, EOS), state
+    return search(BeamSearch, scripts, budget, SearchConfig(**{"beam_size": 2, **cfg}))
 
 
 def test_beam_finds_the_better_hypothesis_and_stops_early():
@@ -87,8 +90,7 @@ def test_beam_finds_the_better_hypothesis_and_stops_early():
 
 
 def test_greedy_on_the_same_script_takes_the_locally_best_path():
-    state = ScriptedState([SCRIPT_BEAM_BEATS_GREEDY], 1)
-    (hyp,) = run_greedy(state, torch.tensor([10]), SearchConfig(length_norm="none"), BOS, EOS)
+    ((hyp,),), _ = search(GreedySearch, [SCRIPT_BEAM_BEATS_GREEDY], 10, SearchConfig(length_norm="none"))
     assert hyp.tokens == [A] and hyp.log_prob == pytest.approx(math.log(0.24))
 
 
@@ -137,8 +139,8 @@ def test_min_len_forbids_early_eos():
 
 def test_batch_of_scripts_finishing_at_different_steps():
     """Averaging. Sentence 0: "b" (log 0.36 / 2) and "a" finish at step 1, but "a a" could
-    still reach log 0.21 / 4; at step 2 its beams both end, it settles and leaves the batch.
-    Sentence 1 runs to its budget, as above."""
+    still reach log 0.21 / 4; at step 2 its beams both end and it settles, keeping its results
+    while the batch steps on. Sentence 1 runs to its budget, as above; then the search stops."""
     results, state = beam([SCRIPT_BEAM_BEATS_GREEDY, SCRIPT_LENGTH], budget=3, length_norm="average")
     assert [r[0].tokens for r in results] == [[B], [B, C, C]]
-    assert state.rows_per_step == [4, 4, 4, 2]
+    assert [h.tokens for h in results[0]] == [[B]] and state.steps == 4

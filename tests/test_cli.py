@@ -204,20 +204,18 @@ def test_any_unicode_lines_keep_count_and_order(checkpoint, lines):
 
 def test_gpu_out_of_memory_splits_the_batch_and_keeps_every_line(checkpoint, mixed_input, monkeypatch):
     """A batch of more than two sentences 'runs out of memory': it is halved until it fits."""
-    import infer.translate as translate_module
-
     t = Translator.from_checkpoint(checkpoint)
     kw = dict(beam_size=2, max_len_b=4, max_len=12)
     expected = t.translate(mixed_input, **kw)
-    real_beam_search, sizes = translate_module.beam_search, []
+    real_search, sizes = t.engine.search, []
 
-    def tight_memory(model, src, cfg):
+    def tight_memory(src, max_lens, cfg, greedy):
         if src.size(0) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         sizes.append(src.size(0))
-        return real_beam_search(model, src, cfg)
+        return real_search(src, max_lens, cfg, greedy)
 
-    monkeypatch.setattr(translate_module, "beam_search", tight_memory)
+    monkeypatch.setattr(t.engine, "search", tight_memory)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     assert t.translate(mixed_input, **kw) == expected
     assert max(sizes) <= 2 and sum(sizes) == sum(1 for line in mixed_input if line.strip())

@@ -3,9 +3,8 @@ generate return our token ids; models Marian cannot express are refused with the
 import pytest
 import torch
 
-from infer.beam import beam_search
+from infer.engine import beam_search, greedy_search
 from infer.cli import export_main
-from infer.greedy import greedy_search
 from infer.search import SearchConfig
 from seq2seq.checkpoint import inference_state, save_atomic
 from seq2seq.marian import ExportError, export_marian, exported_id

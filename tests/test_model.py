@@ -25,21 +25,7 @@ def test_teacher_forced_logits_equal_stepwise_cached_logits(norm, activation):
         expected = model(src, tgt)
         memory = model.encode(src)
         cache = model.init_cache(memory, model.padding_mask(src), max_len=tgt.size(1))
-        stepped = torch.cat([model.step(tgt[:, i : i + 1], cache) for i in range(tgt.size(1))], dim=1)
-    real = real_positions(tgt)
-    torch.testing.assert_close(stepped[real], expected[real], rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("norm", ["post", "pre"])
-def test_multi_token_steps_equal_teacher_forcing(norm):
-    """A step may take several new tokens (prompt prefill): chunks of 3, 1, then the rest."""
-    model = tiny_model(norm=norm)
-    src, tgt = padded_pair()
-    with torch.no_grad():
-        expected = model(src, tgt)
-        cache = model.init_cache(model.encode(src), model.padding_mask(src), max_len=tgt.size(1))
-        chunks = [tgt[:, :3], tgt[:, 3:4], tgt[:, 4:]]
-        stepped = torch.cat([model.step(c, cache) for c in chunks], dim=1)
+        stepped = torch.stack([model.step(tgt[:, i], cache) for i in range(tgt.size(1))], dim=1)
     real = real_positions(tgt)
     torch.testing.assert_close(stepped[real], expected[real], rtol=1e-5, atol=1e-5)
 
@@ -138,7 +124,7 @@ def test_model_follows_dtype_float64_matches_float32():
         expected = model(src, tgt)
         model64 = tiny_model().double()
         cache = model64.init_cache(model64.encode(src), model64.padding_mask(src), max_len=tgt.size(1))
-        assert cache.self_kv.dtype == torch.float64 and cache.cross_kv.dtype == torch.float64
-        stepped = torch.cat([model64.step(tgt[:, i : i + 1], cache) for i in range(tgt.size(1))], dim=1)
+        assert cache.self_kv[0][0].dtype == torch.float64 and cache.cross_kv.dtype == torch.float64
+        stepped = torch.stack([model64.step(tgt[:, i], cache) for i in range(tgt.size(1))], dim=1)
     real = real_positions(tgt)
     torch.testing.assert_close(stepped[real].float(), expected[real], rtol=1e-4, atol=1e-4)

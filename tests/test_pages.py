@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from infer.greedy import greedy_search
+from infer.engine import greedy_search
 from infer.search import SearchConfig
-from seq2seq import packed, pages
+from seq2seq.speed import packed, pages
 from tests.conftest import pad_batch, random_sentences, tiny_model
 
 pytestmark = pytest.mark.skipif(not pages.available(), reason="no MADV_HUGEPAGE on this platform")

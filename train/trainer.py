@@ -223,7 +223,7 @@ class Trainer:
             nll += cross_entropy_sum(logits, tgt_out, mc.pad_id, 0.0).item()
             n_tokens += int((tgt_out != mc.pad_id).sum())
         # The same path as seq2seq-translate, so validation BLEU is what users will get.
-        translator = Translator(model, self.vocab, str(self.device))
+        translator = Translator(model, self.vocab, str(self.device), "fp32")  # the weights being trained, left as they are
         hyps = [nbest[0][0] for nbest in translator.search(self.valid_raw.src, self.cfg.eval.search, max_tokens=self.cfg.eval.max_tokens)]
         scores = score(hyps, [self.valid_raw.tgt])
         lower = score(hyps, [self.valid_raw.tgt], lowercase=True, with_ter=False)  # comparable to papers that lowercase; TER ignores case anyway

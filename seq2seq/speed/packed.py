@@ -2,7 +2,7 @@
 
 Decoding is bound by reading the weights once per token. pack_for_cpu swaps every linear layer
 of a model for one that multiplies a weight reordered once, ahead of time, by one of:
-- panel: seq2seq.native's own product (x86 with AVX2; compiled on first use), which overlaps
+- panel: seq2seq.speed.native's own product (x86 with AVX2; compiled on first use), which overlaps
   reading a weight with the arithmetic on the one before. On the model's shapes, weights cold,
   it ran 1.3-1.9x faster than oneDNN at 32 rows, 1.1-2.0x at 1-4 rows and 0.94-1.30x at 128
   (bench/cpu_linears.py), and level with MKL at 1,024 rows (a scratch timing);
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seq2seq import native
-from seq2seq.pages import to_huge_pages
+from seq2seq.speed import native
+from seq2seq.speed.pages import to_huge_pages
 from seq2seq.model import Transformer
 
 KERNELS = ("panel", "onednn")
@@ -54,16 +54,6 @@ def to_panels(weight: Tensor) -> Tensor:
 ROWS_HINT = 32
 
 
-# Rows at most this many, under torch.compile, with the oneDNN kernel, are multiplied as one
-# fused reduction per row over a plain copy of the weight (PackedLinear(keep_weight=True)):
-# inductor streams the weight once for all of them, near the memory bandwidth. A batch-1 step's
-# 37 products at 4 rows took 5.7-5.9 ms so, 9.7-9.8 ms packed for oneDNN, and a plain sum over
-# the same weights 5.2 ms (a scratch measurement on the 2-core AMD EPYC). More rows go to the
-# packed product, which reuses each loaded weight. The panel kernel takes few rows itself: with
-# both on huge pages (seq2seq.pages) it ran a compiled batch-1 greedy decode 1.065x faster than
-# the reductions, and batch-1 beam 4 level (scratch A/Bs in one process, 8 rounds each).
-REDUCE_ROWS = 4
-
 # Rows at least this many (the encoder of a batch: sentences x source length) are multiplied by
 # PyTorch's default product (MKL) on the plain weight, where one is kept: from 512 rows it ran
 # 1.11-1.21x faster than oneDNN on weights laid out for ROWS_HINT rows, at 128-256 rows level
@@ -71,43 +61,11 @@ REDUCE_ROWS = 4
 PLAIN_ROWS = 512
 
 
-# Ops defined with torch.library's define and impl, not custom_op: a call costs about 6 us over
-# the kernel, against 16 us through custom_op's wrappers (a scratch timing, 2-core AMD EPYC),
-# and a batch-32 step makes 37 such calls.
-torch.library.define("seq2seq::packed_linear", "(Tensor rows, Tensor packed, Tensor? bias, SymInt out_features) -> Tensor")
-torch.library.define("seq2seq::materialize", "(Tensor x) -> Tensor")
-
-
-@torch.library.impl("seq2seq::packed_linear", "CompositeExplicitAutograd")
-def _packed_linear(rows: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
-    """oneDNN's packed product as one opaque call to torch.compile, which cannot trace the
-    packed weight itself. rows (M, I) -> (M, O)."""
-    return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
-
-
-@torch.library.register_fake("seq2seq::packed_linear")
-def _(rows, packed, bias, out_features):
-    return rows.new_empty(rows.size(0), out_features)
-
-
-@torch.library.impl("seq2seq::materialize", "CompositeExplicitAutograd")
-def _materialize(x: Tensor) -> Tensor:
-    """A copy torch.compile cannot see through: the reductions below then read x from memory
-    instead of recomputing x's producer (a layer norm, say) for every output feature of every
-    row (beam 4 at batch 1: 85 tokens/s with it, 70 without)."""
-    return x.clone()
-
-
-@torch.library.register_fake("seq2seq::materialize")
-def _(x):
-    return torch.empty_like(x)
-
-
 class PackedLinear(nn.Module):
     """y = x W^T + b on a W (O, I) laid out once for `kernel` ("panel" or "onednn"; None picks
     default_kernel()); x (..., I) fp32 on CPU -> (..., O). keep_weight: also keep W unpacked, for
-    the few-row products of compiled decoding and the many-row products of a batch's encoder (see
-    REDUCE_ROWS and PLAIN_ROWS). rows_hint: the rows oneDNN lays W out for."""
+    the many-row products of a batch's encoder (see PLAIN_ROWS). rows_hint: the rows oneDNN lays
+    W out for."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, rows_hint: int = ROWS_HINT, keep_weight: bool = False,
                  kernel: str | None = None):
@@ -124,16 +82,8 @@ class PackedLinear(nn.Module):
         rows = x.reshape(-1, self.in_features).contiguous()
         if self.weight is not None and rows.size(0) >= PLAIN_ROWS:
             y = F.linear(rows, self.weight, self.bias)
-        elif (self.kernel == "onednn" and self.weight is not None and rows.size(0) <= REDUCE_ROWS
-              and torch.compiler.is_compiling()):
-            if rows.size(0) > 1:  # one row: recomputing the producer per output costs less than a copy
-                rows = torch.ops.seq2seq.materialize(rows)
-            y = torch.stack([(self.weight * row).sum(-1) for row in rows.unbind(0)])
-            y = y if self.bias is None else y + self.bias
-        elif self.kernel == "panel":  # a C++ op: eager and compiled alike call it directly
+        elif self.kernel == "panel":
             y = torch.ops.seq2seq.panel_linear(rows, self.packed, self.bias, self.out_features)
-        elif torch.compiler.is_compiling():
-            y = torch.ops.seq2seq.packed_linear(rows, self.packed, self.bias, self.out_features)
         else:
             y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -152,23 +102,16 @@ def _check_kernel(kernel: str | None) -> str:
 
 def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT, keep_weights: bool = False,
                  kernel: str | None = None, huge_pages: bool = True) -> Transformer:
-    """Swap the model's linear layers (and its tied output projection) for packed ones, and give
-    each attention one packed q/k/v projection for self-attention, in place; returns the model.
-    kernel: "panel" or "onednn" (see the module docstring); None takes the native one where it
-    builds. rows_hint: the rows oneDNN lays a product out for (see ROWS_HINT). keep_weights: keep
-    every weight unpacked as well (twice the memory), for the few-row products of compiled
-    searches with the oneDNN kernel and for products of PLAIN_ROWS rows or more. huge_pages: move
-    every weight onto transparent huge pages (seq2seq.pages), where the OS offers them. Needs an
-    fp32 model on CPU."""
+    """Swap the model's linear layers (and its tied output projection) for packed ones, in place;
+    returns the model. kernel: "panel" or "onednn" (see the module docstring); None takes the
+    native one where it builds. rows_hint: the rows oneDNN lays a product out for (see
+    ROWS_HINT). keep_weights: keep every weight unpacked as well (twice the memory), for products
+    of PLAIN_ROWS rows or more. huge_pages: move every weight onto transparent huge pages
+    (seq2seq.speed.pages), where the OS offers them. Needs an fp32 model on CPU."""
     if next(model.parameters()).device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
         raise ValueError("pack_for_cpu needs an fp32 model on CPU")
     kernel = _check_kernel(kernel)
     with torch.no_grad():
-        for attn in [layer.self_attn for layer in [*model.encoder_layers, *model.decoder_layers]]:
-            # q, k and v of self-attention in one product: one call instead of three.
-            attn.qkv_proj = PackedLinear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                                         torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
-                                         rows_hint, keep_weights, kernel)
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):

@@ -1,16 +1,11 @@
-"""Native CPU kernels: compiled from seq2seq/csrc on first use, cached, loaded as torch ops.
+"""The native CPU kernel: compiled from seq2seq/speed/csrc on first use, cached, loaded as a torch op.
 
-Both are fp32, for x86 CPUs with AVX2:
-- torch.ops.seq2seq.panel_linear (csrc/panel_linear.cpp), the product of seq2seq.packed: it
-  overlaps reading each weight from memory with the arithmetic on the one before, which oneDNN
-  does not;
-- torch.ops.seq2seq.masked_attention (csrc/masked_attention.cpp), a compiled decoding step's
-  attention (seq2seq.attention): it reads the keys and values only up to the last position the
-  mask opens, where the step's fixed shapes would read the whole span.
-They are built by the C++ compiler that torch.compile uses on CPU anyway (`c++`,
+torch.ops.seq2seq.panel_linear (csrc/panel_linear.cpp), fp32 for x86 CPUs with AVX2, is the
+product of seq2seq.speed.packed: it overlaps reading each weight from memory with the arithmetic
+on the one before, which oneDNN does not. It is built by the C++ compiler that torch.compile uses on CPU anyway (`c++`,
 or $CXX), once per source and PyTorch version, into $SEQ2SEQ_CACHE_DIR (default
 ~/.cache/seq2seq): about 25 s on two cores, then a load. Where it cannot be built (no compiler,
-no AVX2, not x86, SEQ2SEQ_NATIVE=0), load() says why and seq2seq.packed falls back to oneDNN.
+no AVX2, not x86, SEQ2SEQ_NATIVE=0), load() says why and seq2seq.speed.packed falls back to oneDNN.
 """
 from __future__ import annotations
 
@@ -19,6 +14,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("panel_linear.cpp", "masked_attention.cpp")]
+SOURCES = [Path(__file__).with_name("csrc") / "panel_linear.cpp"]
 _loaded: bool | None = None
 why_not = ""  # why the kernels are not loaded, once load() has said False
 
@@ -45,13 +41,17 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SEQ2SEQ_CACHE_DIR", default))
 
 
-def _build(compiler: str) -> Path:
-    """The shared library for this source, PyTorch and compiler, compiled unless cached."""
+def _build(compiler: str, build: bool = True) -> Path | None:
+    """The shared library for this source, PyTorch and compiler, compiled unless cached (None
+    when it is not cached and build is False)."""
     flags = _flags()
     texts = [source.read_text() for source in SOURCES]
     key = hashlib.sha256("\0".join([*texts, torch.__version__, compiler, *flags]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"kernels-{key}.so"
     if not target.exists():
+        if not build:
+            return None
+        sys.stderr.write("seq2seq: building the native CPU kernel, once per PyTorch version (about 25 s on 2 cores)\n")
         target.parent.mkdir(parents=True, exist_ok=True)
         # Compile beside the target and rename: a process that loses the race still loads a whole file.
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -59,20 +59,16 @@ def _build(compiler: str) -> Path:
             done = subprocess.run([compiler, *map(str, SOURCES), *flags, "-o", str(built)], capture_output=True, text=True)
             if done.returncode != 0:
                 first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip()[:200])
-                raise RuntimeError(f"{compiler} could not build seq2seq/csrc: {first}")
+                raise RuntimeError(f"{compiler} could not build seq2seq/speed/csrc: {first}")
             os.replace(built, target)
     return target
 
 
 def _register_fake() -> None:
-    # Shapes for torch.compile, which cannot run the kernels while it traces.
+    # Shapes for torch.compile and export, which cannot run the kernel while they trace.
     @torch.library.register_fake("seq2seq::panel_linear")
     def _(rows, panels, bias, out_features):
         return rows.new_empty(rows.size(0), out_features)
-
-    @torch.library.register_fake("seq2seq::masked_attention")
-    def _(q, k, v, mask):
-        return q.new_empty(q.shape)
 
 
 def ready() -> bool:
@@ -80,9 +76,9 @@ def ready() -> bool:
     return _loaded is True
 
 
-def load() -> bool:
-    """Build and load the native kernels once per process; True when torch.ops.seq2seq.panel_linear
-    and masked_attention are there to call. When False, why_not says why (warned once, unless switched off)."""
+def load(build: bool = True) -> bool:
+    """Build (unless cached, or build is False) and load the native kernel once per process; True
+    when torch.ops.seq2seq.panel_linear is there to call. When False, why_not says why (warned once, unless switched off)."""
     global _loaded, why_not
     if _loaded is None:
         compiler = os.environ.get("CXX", "c++")
@@ -96,7 +92,10 @@ def load() -> bool:
             why_not = f"no C++ compiler {compiler!r} on PATH (set CXX)"
         else:
             try:
-                torch.ops.load_library(str(_build(shutil.which(compiler))))
+                library = _build(shutil.which(compiler), build)
+                if library is None:  # not built yet, and not to be built now: ask again later
+                    return False
+                torch.ops.load_library(str(library))
                 _register_fake()
             except (OSError, RuntimeError) as error:
                 why_not = str(error)

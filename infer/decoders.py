@@ -1,0 +1,89 @@
+"""What a search steps through: each row's newest token in, next-token logits out.
+
+Shapes: B sentences, G hypotheses per sentence, N = B * G rows, S source length, M positions,
+V vocabulary. A decoder takes the newest token of every row (N,) and returns next-token logits
+(N, V) (an ensemble: log-probabilities, which log_softmax leaves as they are), follows beam
+re-ranking through reorder, and takes a new batch of the same shape through load. The searches
+are the same code over every decoder.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from seq2seq.ensemble import Ensemble
+from seq2seq.model import Transformer
+
+
+class CachedDecoder:
+    """Encodes once, projects cross-attention K/V once, then runs one new position a step."""
+
+    def __init__(self, model: Transformer, src: Tensor, beam_size: int, max_steps: int):
+        self.model = model
+        self.cache = model.init_cache(model.encode(src), model.padding_mask(src), beam_size, max_steps)
+
+    def load(self, src: Tensor) -> None:
+        """A new batch of the shape this decoder was built for, in the same buffers."""
+        self.cache.load(self.model.cross_kv(self.model.encode(src)), self.model.padding_mask(src))
+
+    def step(self, last: Tensor, span: int) -> Tensor:
+        """last (N,) -> logits (N, V), attending over the first `span` positions."""
+        self.cache.span = span
+        return self.model.step(last, self.cache)
+
+    def reorder(self, rows: Tensor) -> None:
+        self.cache.reorder(rows)
+
+
+class RecomputeDecoder:
+    """The reference: every step runs the uncached decoder over each row's whole prefix."""
+
+    def __init__(self, model: Transformer, src: Tensor, beam_size: int, max_steps: int):
+        self.model, self.beam_size = model, beam_size
+        self.prefix = src.new_empty(src.size(0) * beam_size, max_steps)  # (N, M)
+        self.load(src)
+
+    def load(self, src: Tensor) -> None:
+        # Memory copied per beam, so this path never relies on the cached path's row folding.
+        self.memory = self.model.encode(src).repeat_interleave(self.beam_size, dim=0)  # (N, S, D)
+        self.src_mask = self.model.padding_mask(src).repeat_interleave(self.beam_size, dim=0)
+        self.length = 0
+
+    def step(self, last: Tensor, span: int) -> Tensor:
+        self.prefix[:, self.length] = last
+        self.length += 1
+        hidden = self.model.decode(self.prefix[:, : self.length], self.memory, self.src_mask)
+        return self.model.project(hidden[:, -1])
+
+    def reorder(self, rows: Tensor) -> None:
+        self.prefix = self.prefix.index_select(0, rows)
+
+
+class EnsembleDecoder:
+    """One decoder per member, stepped and re-ranked together; a step returns the log of the
+    members' mean next-token probability (fairseq's and OpenNMT-py's rule)."""
+
+    def __init__(self, members: list):
+        self.members = members
+        self.log_n = math.log(len(members))
+
+    def load(self, src: Tensor) -> None:
+        for m in self.members:
+            m.load(src)
+
+    def step(self, last: Tensor, span: int) -> Tensor:
+        log_probs = torch.stack([torch.log_softmax(m.step(last, span).float(), dim=-1) for m in self.members])  # (E, N, V)
+        return torch.logsumexp(log_probs, dim=0) - self.log_n
+
+    def reorder(self, rows: Tensor) -> None:
+        for m in self.members:
+            m.reorder(rows)
+
+
+def make_decoder(model: Transformer | Ensemble, src: Tensor, beam_size: int, max_steps: int, use_cache: bool = True):
+    """A decoder over src (B, S) for beam_size rows per sentence and max_steps positions."""
+    if isinstance(model, Ensemble):
+        return EnsembleDecoder([make_decoder(m, src, beam_size, max_steps, use_cache) for m in model.members])
+    return (CachedDecoder if use_cache else RecomputeDecoder)(model, src, beam_size, max_steps)

@@ -1,0 +1,66 @@
+"""The engine's static path (batches padded to buckets, steps over spans of SPAN positions, the
+bucket's decoder and search reused for later batches; on CUDA, replayed graphs) finds exactly
+what the dynamic path finds, and what the uncached reference finds."""
+import pytest
+import torch
+
+from conftest import PAD, pad_batch, random_sentences, tiny_model
+from infer.engine import SPAN, Engine, batch_bucket
+from infer.search import SearchConfig, max_output_lengths
+from seq2seq.ensemble import Ensemble
+from test_search import assert_same_hypotheses
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+CASES = {  # name: (copy model?, greedy?, search config)
+    "greedy_copy": (True, True, SearchConfig(beam_size=1)),
+    "greedy_min_len_gnmt": (True, True, SearchConfig(beam_size=1, min_len=4, length_norm="gnmt")),
+    "greedy_budget": (False, True, SearchConfig(beam_size=1, max_len_a=1.0, max_len_b=2)),
+    "beam_copy": (True, False, SearchConfig(beam_size=3)),
+    "beam_nbest_gnmt": (True, False, SearchConfig(beam_size=4, n_best=3, length_norm="gnmt")),
+    "beam_budget_min_len": (False, False, SearchConfig(beam_size=3, n_best=2, max_len_a=1.0, max_len_b=2, min_len=3,
+                                                       length_norm="none")),
+}
+
+
+def search(engine, src, cfg, greedy):
+    mc = engine.model.config
+    return engine.search(src, max_output_lengths((src != PAD).sum(1), cfg, mc.max_positions), cfg, greedy)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES)
+def test_static_engine_equals_the_dynamic_one_and_reuses_its_bucket(case, device, copy_model):
+    copy, greedy, cfg = CASES[case]
+    model = (copy_model if copy else tiny_model(seed=4, src_vocab_size=12, tgt_vocab_size=12)).to(device)
+    dynamic, static = Engine(model, static=False), Engine(model, static=True)
+    # 6 sentences pad to a bucket of 8; then 5 more, of other lengths, reuse that bucket
+    for seed, n in [(3, 6), (8, 5)]:
+        src = pad_batch(random_sentences(n, 1, 6, 12, seed=seed)).to(device)
+        expected, got = search(dynamic, src, cfg, greedy), search(static, src, cfg, greedy)
+        assert len(got) == n
+        for g, e in zip(got, expected):
+            assert_same_hypotheses(g, e)
+    assert len(static.buckets) == 1 and batch_bucket(6) == batch_bucket(5) == 8
+    if copy and greedy:  # the premise: sentences end by EOS at different steps
+        assert len({len(h[0].tokens) for h in expected}) > 1
+
+
+def test_static_engine_with_outputs_past_one_span_equals_the_reference(copy_model):
+    """Budgets over SPAN tokens: steps attend over a second span bucket."""
+    cfg = SearchConfig(beam_size=2, max_len_a=0, max_len_b=SPAN + 5, min_len=SPAN + 5)
+    model = Ensemble([copy_model, copy_model])
+    src = pad_batch(random_sentences(3, 2, 5, 12, seed=1))
+    got = search(Engine(model, static=True), src, cfg, False)
+    for g, e in zip(got, search(Engine(model, static=False, use_cache=False), src, cfg, False)):
+        assert_same_hypotheses(g, e)
+    assert all(len(h[0].tokens) == SPAN + 5 for h in got)
+
+
+def test_batch_buckets():
+    assert [batch_bucket(n) for n in (1, 2, 3, 5, 63, 64, 65, 200)] == [1, 2, 4, 8, 64, 64, 128, 256]
+
+
+def test_the_reference_runs_dynamic_shapes_only(copy_model):
+    with pytest.raises(ValueError, match="dynamic shapes only"):
+        Engine(copy_model, static=True, use_cache=False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from infer.search import Hypothesis, SearchConfig, constrain
+from infer.search import Hypothesis, SearchConfig, log_probs
 from seq2seq.config import ModelConfig
 
 
@@ -58,10 +58,13 @@ class BeamSearch:
         ids, cfg, k, f = self.ids, self.cfg, self.cfg.beam_size, self.cfg.n_best
         b, t = self.scores.size(0), self.t
         logits = self.decoder.step(self.last, span)  # (N, V)
-        log_probs = constrain(logits.float().log_softmax(-1), t, self.row_max_lens, cfg.min_len,
-                              ids.pad_id, ids.bos_id, ids.eos_id)
-        vocab = log_probs.size(-1)
-        cand = (self.scores.unsqueeze(2) + log_probs.view(b, k, vocab)).view(b, k * vocab)
+        lp, forced = log_probs(logits, t, self.row_max_lens, cfg.min_len, ids.pad_id, ids.bos_id, ids.eos_id)
+        vocab = lp.size(-1)
+        # A sentence whose budget is spent continues by EOS alone (its rows are forced together).
+        forced = forced.view(b, k)
+        cand = (torch.where(forced, float("-inf"), self.scores).unsqueeze(2) + lp.view(b, k, vocab))  # (B, K, V)
+        cand[:, :, ids.eos_id] = self.scores + lp[:, ids.eos_id].view(b, k)
+        cand = cand.view(b, k * vocab)
         cand_scores, cand_ids = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, C), best first
         cand_beam, cand_tok = cand_ids // vocab, cand_ids % vocab
         is_eos = cand_tok == ids.eos_id
@@ -89,22 +92,36 @@ class BeamSearch:
         self.decoder.reorder(rows)
         self.last.copy_(chosen)
 
-        # Done: the budget is spent, or F are finished and no live hypothesis can beat the worst
-        # of them. Log-probs only fall as a hypothesis grows, and a penalty growing with length
-        # divides a negative log-prob by more: the bound is the best live one at the budget.
+        # Done: the budget is spent, or F are finished and the best live hypothesis cannot beat the
+        # worst of them: scored at its length were it to end next step (stop "current"), or at
+        # its budget (stop "bound": log-probs only fall as a hypothesis grows, and a penalty
+        # growing with length divides a negative log-prob by more, so none can do better).
         live_best = self.scores[:, 0]
-        reachable = torch.where(live_best < 0, live_best / self.budget_penalty, live_best)
+        penalty = self.budget_penalty if cfg.stop == "bound" else cfg.length_penalty(t + 2)
+        reachable = torch.where(live_best < 0, live_best / penalty, live_best)
         worst = self.fin_scores[:, f - 1]
         self.done.logical_or_((torch.isfinite(worst) & (worst >= reachable)) | (t >= self.max_lens))
         self.t.add_(1)
 
-    def finished(self) -> Tensor:
-        """() bool: every sentence is done."""
-        return self.done.all()
+    def sentences_done(self) -> Tensor:
+        """(B,) bool: which sentences are done."""
+        return self.done
 
-    def results(self) -> list[list[Hypothesis]]:
-        """Per sentence, up to n_best hypotheses, best first."""
-        scores, log_probs = self.fin_scores.tolist(), self.fin_log_probs.tolist()
-        lengths, tokens = self.fin_lengths.tolist(), self.fin_tokens.tolist()
+    def keep(self, sentences: Tensor) -> None:
+        """Go on with these sentences only (indices into the batch); the caller shrinks the decoder."""
+        k = self.cfg.beam_size
+        rows = (sentences.unsqueeze(1) * k + torch.arange(k, device=sentences.device)).view(-1)
+        for name in ("max_lens", "budget_penalty", "scores", "done", "fin_scores", "fin_log_probs", "fin_lengths",
+                     "fin_tokens"):
+            setattr(self, name, getattr(self, name).index_select(0, sentences))
+        for name in ("row_max_lens", "last", "history"):
+            setattr(self, name, getattr(self, name).index_select(0, rows))
+        self.sentence = self.sentence[: sentences.numel()]
+
+    def results(self, sentences: Tensor | None = None) -> list[list[Hypothesis]]:
+        """Per sentence (all, or these indices), up to n_best hypotheses, best first."""
+        pick = (lambda x: x) if sentences is None else (lambda x: x.index_select(0, sentences))  # noqa: E731
+        scores, log_probs = pick(self.fin_scores).tolist(), pick(self.fin_log_probs).tolist()
+        lengths, tokens = pick(self.fin_lengths).tolist(), pick(self.fin_tokens).tolist()
         return [[Hypothesis(toks[:n], s, lp) for s, lp, n, toks in zip(*row) if s != float("-inf")]
                 for row in zip(scores, log_probs, lengths, tokens)]

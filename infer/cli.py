@@ -13,7 +13,6 @@ import os
 import sys
 from typing import BinaryIO, TextIO
 
-from infer.evaluate import score
 from infer.search import LENGTH_NORMS
 from infer.textio import InputError, read_input, write_atomic
 from infer.translator import DTYPES
@@ -41,7 +40,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-len", type=int, default=256, help="hard cap on output tokens (default 256)")
     g.add_argument("--min-len", type=int, default=0, help="no EOS before this many tokens (default 0)")
     g.add_argument("--max-tokens", type=int, default=None,
-                   help="padded tokens per batch, beams included (default 4096 on CPU, 32768 on CUDA)")
+                   help="padded tokens per batch, beams included (default 16384 on CPU, 262144 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one, else cpu)")
     g.add_argument("--dtype", choices=list(DTYPES), default=None, help="weights and activations (default bf16 on CUDA, fp32 on CPU)")
 
@@ -52,10 +51,10 @@ def _search_kwargs(args) -> dict:
                 max_tokens=args.max_tokens)
 
 
-def _load_translator(args, build: bool = True):
+def _load_translator(args):
     from infer.translator import Translator  # deferred: usage errors answer before torch loads
 
-    return Translator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, build=build)
+    return Translator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
 
 
 def _run(prog: str, debug: bool, body) -> int:
@@ -134,7 +133,7 @@ def _translate_lines(translator, args, name: str, lines: list[str]) -> list[str]
 def _interactive(args, stdin: BinaryIO, stdout: TextIO) -> int:
     from infer.textio import decode_lines
 
-    translator = _load_translator(args, build=False)  # answer at once: no kernel build to wait on
+    translator = _load_translator(args)
     args.quiet = True  # answers, not progress, go to the terminal
     number = 0
     for raw in iter(stdin.readline, b""):
@@ -178,6 +177,8 @@ def evaluate_main(argv: list[str] | None = None, stdout: TextIO | None = None) -
         for name, lines in zip(refs, ref_lines):
             if len(lines) != len(hyps):
                 raise InputError(f"{hyp_name} has {len(hyps)} lines but {name} has {len(lines)}")
+        from infer.evaluate import score  # deferred: sacrebleu loads only where it scores
+
         result = score(hyps, ref_lines, lowercase=args.lowercase)
         if args.json:
             stdout.write(json.dumps(result) + "\n")

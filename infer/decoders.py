@@ -3,8 +3,8 @@
 Shapes: B sentences, G hypotheses per sentence, N = B * G rows, S source length, M positions,
 V vocabulary. A decoder takes the newest token of every row (N,) and returns next-token logits
 (N, V) (an ensemble: log-probabilities, which log_softmax leaves as they are), follows beam
-re-ranking through reorder, and takes a new batch of the same shape through load. The searches
-are the same code over every decoder.
+re-ranking through reorder, takes a new batch of the same shape through load, and drops
+finished sentences through keep. The searches are the same code over every decoder.
 """
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ class CachedDecoder:
     def reorder(self, rows: Tensor) -> None:
         self.cache.reorder(rows)
 
+    def keep(self, sentences: Tensor) -> None:
+        self.cache.keep(sentences)
+
 
 class RecomputeDecoder:
     """The reference: every step runs the uncached decoder over each row's whole prefix."""
@@ -60,6 +63,11 @@ class RecomputeDecoder:
     def reorder(self, rows: Tensor) -> None:
         self.prefix = self.prefix.index_select(0, rows)
 
+    def keep(self, sentences: Tensor) -> None:
+        g = self.beam_size
+        rows = (sentences.unsqueeze(1) * g + torch.arange(g, device=sentences.device)).view(-1)
+        self.prefix, self.memory, self.src_mask = (x.index_select(0, rows) for x in (self.prefix, self.memory, self.src_mask))
+
 
 class EnsembleDecoder:
     """One decoder per member, stepped and re-ranked together; a step returns the log of the
@@ -80,6 +88,10 @@ class EnsembleDecoder:
     def reorder(self, rows: Tensor) -> None:
         for m in self.members:
             m.reorder(rows)
+
+    def keep(self, sentences: Tensor) -> None:
+        for m in self.members:
+            m.keep(sentences)
 
 
 def make_decoder(model: Transformer | Ensemble, src: Tensor, beam_size: int, max_steps: int, use_cache: bool = True):

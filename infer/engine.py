@@ -6,7 +6,8 @@ For a batch it builds a decoder (seq2seq's KVCache, or the uncached reference) a
 beam search over it, and steps the search until every sentence is done, asking "all done?"
 (the only host sync) every `check_every` steps. Two ways to run the same search:
 - dynamic (the default on CPU): a decoder and search sized for each batch; step t attends over
-  exactly the t + 1 positions written.
+  exactly the t + 1 positions written, and finished sentences leave the batch (once a quarter
+  of it is done: each time, every buffer is copied).
 - static (the default on CUDA): a batch is padded up to a bucket of shapes (sentences, source
   length, steps), and step t attends over the written positions rounded up to SPAN. Each bucket
   keeps its decoder and search for every later batch of that bucket, and on CUDA one graph of
@@ -63,7 +64,7 @@ class Engine:
         if not self.static:
             decoder, search = self._build(src, cfg, greedy, steps)
             search.start(max_lens.to(self.device))
-            return run(search, steps, self.check_every)
+            return run(search, steps, self.check_every, shrink=decoder)
         batch = src.size(0)
         src, max_lens = self._pad_to_bucket(src, max_lens)
         decoder, search, step = self._bucket(src, cfg, greedy, round_up(steps, SPAN))
@@ -105,15 +106,31 @@ class Engine:
         return self.buckets[key]
 
 
-def run(search, steps: int, check_every: int = 1, step=None) -> list[list[Hypothesis]]:
+def run(search, steps: int, check_every: int = 1, step=None, shrink=None) -> list[list[Hypothesis]]:
     """Step a started search (step(span), by default search.step) until every sentence is done
-    or `steps` ran, checking every check_every steps; -> search.results()."""
+    or `steps` ran, checking every check_every steps; -> per sentence, its n-best list. shrink:
+    the search's decoder, to drop finished sentences from both once a quarter of the batch is."""
     step = step or search.step
+    batch = int(search.max_lens.numel())
+    alive = torch.arange(batch)  # each row's sentence in the batch as given
+    results: list = [None] * batch
     for t in range(steps):
         step(t + 1)  # step t writes position t: t + 1 positions to attend over
-        if (t + 1) % check_every == 0 and bool(search.finished()):
+        if (t + 1) % check_every:
+            continue
+        done = search.sentences_done()
+        if bool(done.all()):
             break
-    return search.results()
+        if shrink is not None and 4 * int(done.sum()) >= alive.numel():
+            finished, going = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
+            for i, hyps in zip(alive[finished.cpu()].tolist(), search.results(finished)):
+                results[i] = hyps
+            search.keep(going)
+            shrink.keep(going)
+            alive = alive[going.cpu()]
+    for i, hyps in zip(alive.tolist(), search.results()):
+        results[i] = hyps
+    return results
 
 
 def greedy_search(model: Transformer | Ensemble, src: Tensor, cfg: SearchConfig = SearchConfig(),

@@ -5,14 +5,14 @@ Shapes: B sentences, M steps (the longest budget, plus EOS), V vocabulary.
 Every tensor the search reads or writes lives on the device and keeps its shape from step to
 step; the step reads no host value. A sentence that has ended keeps stepping (the batch keeps
 its shape) but no longer changes its result. So the same step runs eagerly or captured once
-and replayed (seq2seq.speed), and the caller asks finished() only as often as it likes.
+and replayed (seq2seq.speed), and the caller asks sentences_done() only as often as it likes.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from infer.search import Hypothesis, SearchConfig, constrain
+from infer.search import Hypothesis, SearchConfig, log_probs
 from seq2seq.config import ModelConfig
 
 
@@ -41,9 +41,10 @@ class GreedySearch:
         """One token for every sentence; the decoder attends over `span` positions."""
         ids = self.ids
         logits = self.decoder.step(self.last, span)  # (B, V)
-        log_probs = constrain(logits.float().log_softmax(-1), self.t, self.max_lens, self.cfg.min_len,
-                              ids.pad_id, ids.bos_id, ids.eos_id)
-        best_lp, best = log_probs.max(dim=-1)
+        lp, forced = log_probs(logits, self.t, self.max_lens, self.cfg.min_len, ids.pad_id, ids.bos_id, ids.eos_id)
+        best_lp, best = lp.max(dim=-1)
+        best_lp = torch.where(forced, lp[:, ids.eos_id], best_lp)
+        best = torch.where(forced, ids.eos_id, best)
         running = self.ended_at < 0
         self.log_probs.add_(torch.where(running, best_lp, 0.0))
         best = torch.where(running, best, ids.pad_id)
@@ -52,12 +53,18 @@ class GreedySearch:
         self.last.copy_(torch.where(running, best, ids.eos_id))
         self.t.add_(1)
 
-    def finished(self) -> Tensor:
-        """() bool: every sentence has ended (its budget forces EOS at the last step)."""
-        return (self.ended_at >= 0).all()
+    def sentences_done(self) -> Tensor:
+        """(B,) bool: which sentences have ended (a budget forces EOS at its last step)."""
+        return self.ended_at >= 0
 
-    def results(self) -> list[list[Hypothesis]]:
-        """Per sentence, its one hypothesis."""
-        out, ended, log_probs = self.out.tolist(), self.ended_at.tolist(), self.log_probs.tolist()
+    def keep(self, sentences: Tensor) -> None:
+        """Go on with these sentences only (indices into the batch); the caller shrinks the decoder."""
+        for name in ("max_lens", "last", "out", "log_probs", "ended_at"):
+            setattr(self, name, getattr(self, name).index_select(0, sentences))
+
+    def results(self, sentences: Tensor | None = None) -> list[list[Hypothesis]]:
+        """Per sentence (all, or these indices), its one hypothesis."""
+        pick = (lambda x: x) if sentences is None else (lambda x: x.index_select(0, sentences))  # noqa: E731
+        out, ended, log_probs = pick(self.out).tolist(), pick(self.ended_at).tolist(), pick(self.log_probs).tolist()
         return [[Hypothesis(row[:end], lp / self.cfg.length_penalty(end + 1), lp)]
                 for row, end, lp in zip(out, ended, log_probs)]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 LENGTH_NORMS = ("none", "average", "gnmt")
+STOPS = ("current", "bound")
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,19 @@ class SearchConfig:
     max_len_b: int = 10
     max_len: int = 256  # hard cap on output tokens, whatever the source length
     min_len: int = 0  # EOS is forbidden before this many output tokens
+    # Beam search: a sentence is done once n_best hypotheses are finished and no live one can beat
+    # them, scored "current": as if it ended at its current length (Hugging Face's default, and
+    # the sense of fairseq's and OpenNMT's early stops); "bound": at the longest length its
+    # budget allows, which no future can beat (exact, but with a length penalty rarely stops before the budget)
+    stop: str = "current"
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError(f"beam_size={self.beam_size} must be at least 1")
         if not 1 <= self.n_best <= self.beam_size:
             raise ValueError(f"n_best={self.n_best} must be in [1, beam_size={self.beam_size}]")
+        if self.stop not in STOPS:
+            raise ValueError(f"stop={self.stop!r}: expected one of {STOPS}")
         if self.length_norm not in LENGTH_NORMS:
             raise ValueError(f"length_norm={self.length_norm!r}: expected one of {LENGTH_NORMS}")
         if self.max_len < 1 or self.min_len < 0:
@@ -60,17 +68,17 @@ def max_output_lengths(src_lengths: Tensor, cfg: SearchConfig, max_positions: in
     return budget.clamp(min=1, max=min(cfg.max_len, max_positions - 1))
 
 
-def constrain(log_probs: Tensor, step: Tensor, max_lens: Tensor, min_len: int, pad_id: int, bos_id: int,
-              eos_id: int) -> Tensor:
-    """The tokens a step may emit, in place: log_probs (N, V) with the others at -inf. step (1,)
-    is the index of the token being chosen, on the device (no host value, so a captured step can
-    run it); max_lens (N,) each row's budget. Padding and BOS are never emitted; rows under
-    min_len may not emit EOS; rows whose budget is spent may only emit EOS, at its own log-prob."""
-    columns = torch.arange(log_probs.size(-1), device=log_probs.device)
-    eos_lp = log_probs[:, eos_id].clone()  # (N,)
-    log_probs.masked_fill_((columns == pad_id) | (columns == bos_id) | ((columns == eos_id) & (step < min_len)),
-                           float("-inf"))
-    forced = max_lens <= step  # (N,)
-    log_probs.masked_fill_(forced.unsqueeze(1), float("-inf"))
-    log_probs[:, eos_id] = torch.where(forced, eos_lp, log_probs[:, eos_id])
-    return log_probs
+def log_probs(logits: Tensor, step: Tensor, max_lens: Tensor, min_len: int, pad_id: int, bos_id: int,
+              eos_id: int) -> tuple[Tensor, Tensor]:
+    """Next-token log-probabilities (N, V) in fp32 from logits (N, V), with the tokens a step may
+    not emit at -inf, and forced (N,): the rows whose budget is spent, which may only emit EOS, at
+    its own log-prob (the caller picks EOS for them: one (N,) choice, not a pass over (N, V)).
+    step (1,) is the index of the token being chosen, on the device (no host value, so a
+    captured step can run it); max_lens (N,) each row's budget. Padding and BOS are never
+    emitted; rows under min_len may not emit EOS unless forced."""
+    out = logits.float().log_softmax(-1)
+    forced = max_lens <= step
+    out[:, eos_id] = torch.where(forced | (step >= min_len), out[:, eos_id], float("-inf"))
+    out[:, pad_id] = float("-inf")
+    out[:, bos_id] = float("-inf")
+    return out, forced

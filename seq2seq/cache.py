@@ -68,6 +68,16 @@ class KVCache:
         self.length.zero_()
         self.ancestors.copy_(self.own_slot.expand_as(self.ancestors))
 
+    def keep(self, sentences: Tensor) -> None:
+        """Shrink every buffer to these sentences (indices into the batch), for a batch whose
+        finished sentences leave it. Buffers change size: not for a captured step."""
+        rows = (sentences.unsqueeze(1) * self.beam_size + self.slots).view(-1)
+        self.self_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.self_kv]
+        self.cross_kv = self.cross_kv.index_select(2, sentences)
+        self.src_mask = self.src_mask.index_select(0, sentences)
+        self.ancestors = self.ancestors.index_select(0, rows)
+        self.own_slot = self.own_slot[: rows.numel()]
+
     def advance(self) -> None:
         """One more position written; called once a step, after every layer wrote."""
         self.length.add_(1)

@@ -55,7 +55,8 @@ def load(path: str | Path, map_location="cpu") -> dict:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: only the tensors read are paged in (a training checkpoint's optimizer state is not)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): {reason}") from None

@@ -8,15 +8,9 @@ import pytest
 import torch
 
 from seq2seq import ModelConfig, Transformer
-from seq2seq.speed import native, packed
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_SYMBOL = 4  # ids below are pad/bos/eos/unk
-
-# seq2seq.speed.packed's kernels as test parameters; the native one is skipped where it cannot be built
-KERNELS = [pytest.param(k, marks=pytest.mark.skipif(k == "panel" and not native.load(), reason=native.why_not))
-           for k in packed.KERNELS]
-
 
 def tiny_config(**overrides) -> ModelConfig:
     base = dict(

@@ -1,6 +1,8 @@
 """The engine's static path (batches padded to buckets, steps over spans of SPAN positions, the
 bucket's decoder and search reused for later batches; on CUDA, replayed graphs) finds exactly
 what the dynamic path finds, and what the uncached reference finds."""
+import copy
+
 import pytest
 import torch
 
@@ -31,8 +33,8 @@ def search(engine, src, cfg, greedy):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES)
 def test_static_engine_equals_the_dynamic_one_and_reuses_its_bucket(case, device, copy_model):
-    copy, greedy, cfg = CASES[case]
-    model = (copy_model if copy else tiny_model(seed=4, src_vocab_size=12, tgt_vocab_size=12)).to(device)
+    copied, greedy, cfg = CASES[case]
+    model = copy.deepcopy(copy_model if copied else tiny_model(seed=4, src_vocab_size=12, tgt_vocab_size=12)).to(device)
     dynamic, static = Engine(model, static=False), Engine(model, static=True)
     # 6 sentences pad to a bucket of 8; then 5 more, of other lengths, reuse that bucket
     for seed, n in [(3, 6), (8, 5)]:
@@ -42,7 +44,7 @@ def test_static_engine_equals_the_dynamic_one_and_reuses_its_bucket(case, device
         for g, e in zip(got, expected):
             assert_same_hypotheses(g, e)
     assert len(static.buckets) == 1 and batch_bucket(6) == batch_bucket(5) == 8
-    if copy and greedy:  # the premise: sentences end by EOS at different steps
+    if copied and greedy:  # the premise: sentences end by EOS at different steps
         assert len({len(h[0].tokens) for h in expected}) > 1
 
 

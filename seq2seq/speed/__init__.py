@@ -1,8 +1,8 @@
 """The speed layer: how a model runs faster on a device, as plug-ins that the model, attention,
 cache and search code neither import nor branch on.
 
-- packed.py, native.py, pages.py, csrc/: on CPU in fp32, every linear layer swapped for one that
-  multiplies a weight laid out once (a native panel product, or oneDNN's), on huge pages.
+- packed.py: on CPU in fp32, every linear layer swapped for one that multiplies a weight laid
+  out once for oneDNN's packed product.
 - graphs.py: a decoding step captured once as a CUDA graph and replayed (infer.engine).
 """
 from __future__ import annotations
@@ -11,16 +11,14 @@ import torch
 from torch import nn
 
 
-def for_inference(model: nn.Module, build: bool = True) -> nn.Module:
+def for_inference(model: nn.Module) -> nn.Module:
     """The model (a Transformer or an Ensemble of them, ours alone: changed in place) made
-    faster for decoding where it sits: on CPU in fp32, its products packed (seq2seq.speed.packed).
-    build=False never waits on compiling the native kernel: oneDNN's product until it is built."""
-    from seq2seq.speed import native, packed
+    faster for decoding where it sits: on CPU in fp32, its products packed (seq2seq.speed.packed)."""
+    from seq2seq.speed import packed
 
     first = next(model.parameters())
     if first.device.type != "cpu" or first.dtype != torch.float32 or not packed.available():
         return model
-    kernel = "panel" if native.load(build=build) else "onednn"
     for member in getattr(model, "members", [model]):
-        packed.pack_for_cpu(member, kernel=kernel)
+        packed.pack_for_cpu(member)
     return model

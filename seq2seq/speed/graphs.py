@@ -20,15 +20,15 @@ class StepGraphs:
     given the same pool)."""
 
     def __init__(self, step: Callable[[int], None], spans: Iterable[int], pool=None):
-        """Capture step for every span. The warm-up steps before each capture run on whatever
-        state there is and change it: reset it before replaying."""
+        """Capture step for every span. The warm-up step before each capture (libraries set
+        themselves up on a first call, which a capture may not hold) runs on whatever state there
+        is and changes it: reset it before replaying."""
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         for span in sorted(set(spans)):
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm up off the default stream, as capture requires
-                for _ in range(2):
-                    step(span)
+                step(span)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):

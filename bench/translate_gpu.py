@@ -63,7 +63,7 @@ t0 = time.perf_counter()
 import torch
 from infer.translator import Translator
 t1 = time.perf_counter()
-t = Translator.from_checkpoint(sys.argv[1])
+t = Translator.from_checkpoint(sys.argv[1], static=sys.argv[4] == "static")
 torch.cuda.synchronize()
 t2 = time.perf_counter()
 lines = open(sys.argv[2], encoding="utf-8").read().split("\\n")[:-1]
@@ -77,9 +77,10 @@ print(json.dumps({"import_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3), "f
 """
 
 
-def cold_phases(ckpt: str, src: Path, beam: int) -> dict:
-    """Where a cold process spends its time: imports, loading, the first and second pass."""
-    done = subprocess.run([sys.executable, "-c", PHASES, ckpt, str(src), str(beam)], cwd=ROOT, check=True,
+def cold_phases(ckpt: str, src: Path, beam: int, mode: str = "static") -> dict:
+    """Where a cold process spends its time: imports, loading, the first and second pass;
+    mode "static" (captured graphs, the default on CUDA) or "dynamic" (eager steps)."""
+    done = subprocess.run([sys.executable, "-c", PHASES, ckpt, str(src), str(beam), mode], cwd=ROOT, check=True,
                           capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -107,6 +108,9 @@ def main() -> None:
     p.add_argument("--json", help="write the JSON here too")
     args = p.parse_args()
     result = {"benchmark": "translate_gpu", "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda')"], check=True)
+    result["python_import_torch_and_cuda_init_s"] = round(time.perf_counter() - start, 3)
 
     def save():
         print(json.dumps(result), file=sys.stderr, flush=True)
@@ -154,6 +158,7 @@ def main() -> None:
         cell["warm_vs_hf"] = round(cell["hf_warm_s"] / cell["ours_warm_s"], 2)
         cell["cli_cold_vs_hf_warm"] = round(cell["hf_warm_s"] / cell["cli_cold_s"], 2)
         cell["cold_phases"] = cold_phases(ckpt, work / "src.de", beam)
+        cell["cold_phases_eager"] = cold_phases(ckpt, work / "src.de", beam, "dynamic")
         cell["cli_command"] = "seq2seq-translate CKPT src.de -o out.en --quiet --beam-size %d%s" % (beam, " --greedy" if beam == 1 else "")
         result["cells"].append(cell)
         save()

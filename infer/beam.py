@@ -1,13 +1,16 @@
 """Beam search: the K best hypotheses of every sentence, extended a token at a time.
 
 Shapes: B sentences, K beam size, N = B * K decoder rows, M steps (the longest budget, plus
-EOS), V vocabulary, C = 2K candidates per sentence and step, F = n_best finished hypotheses
-kept per sentence.
+EOS), V vocabulary, C = 2K candidates per sentence and step, F finished hypotheses kept per
+sentence: K under stop "current", n_best under "bound".
 
 Each step ranks the C best extensions of a sentence's K live hypotheses. EOS among the top K
 finishes a hypothesis, which is set aside; the best K extensions that are not EOS stay live. A
-sentence is done once it has F finished hypotheses and no live one can still beat them, or
-its budget is spent. As in greedy search, every tensor lives on the device with a fixed shape
+sentence is done once its budget is spent, or it has F finished hypotheses and its best live
+one cannot beat the worst of them: scored at its length were it to end next step (stop
+"current", with F = K, as fairseq and Hugging Face stop), or at its budget (stop "bound", with
+F = n_best: exact, since no future can do better, but with a length penalty it rarely stops
+before the budget). As in greedy search, every tensor lives on the device with a fixed shape
 and the step reads no host value: a done sentence keeps stepping but changes nothing.
 Re-ranking gathers the token histories and the decoder's ancestor table, never its K/V.
 """
@@ -25,7 +28,7 @@ class BeamSearch:
 
     def __init__(self, decoder, ids: ModelConfig, cfg: SearchConfig, batch: int, steps: int, device: torch.device):
         self.decoder, self.ids, self.cfg, self.steps = decoder, ids, cfg, steps
-        k, f = cfg.beam_size, cfg.n_best
+        k, f = cfg.beam_size, (cfg.beam_size if cfg.stop == "current" else cfg.n_best)
         self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)  # each sentence's budget
         self.row_max_lens = torch.zeros(batch * k, dtype=torch.long, device=device)  # ... of each row
         self.budget_penalty = torch.ones(batch, device=device)  # length penalty at each budget
@@ -55,7 +58,7 @@ class BeamSearch:
 
     def step(self, span: int) -> None:
         """One token for every hypothesis; the decoder attends over `span` positions."""
-        ids, cfg, k, f = self.ids, self.cfg, self.cfg.beam_size, self.cfg.n_best
+        ids, cfg, k, f = self.ids, self.cfg, self.cfg.beam_size, self.fin_scores.size(1)
         b, t = self.scores.size(0), self.t
         logits = self.decoder.step(self.last, span)  # (N, V)
         lp, forced = log_probs(logits, t, self.row_max_lens, cfg.min_len, ids.pad_id, ids.bos_id, ids.eos_id)
@@ -92,10 +95,8 @@ class BeamSearch:
         self.decoder.reorder(rows)
         self.last.copy_(chosen)
 
-        # Done: the budget is spent, or F are finished and the best live hypothesis cannot beat the
-        # worst of them: scored at its length were it to end next step (stop "current"), or at
-        # its budget (stop "bound": log-probs only fall as a hypothesis grows, and a penalty
-        # growing with length divides a negative log-prob by more, so none can do better).
+        # Done (see the module docstring). Under "bound": log-probs only fall as a hypothesis
+        # grows, and a penalty growing with length divides a negative log-prob by more.
         live_best = self.scores[:, 0]
         penalty = self.budget_penalty if cfg.stop == "bound" else cfg.length_penalty(t + 2)
         reachable = torch.where(live_best < 0, live_best / penalty, live_best)
@@ -123,5 +124,5 @@ class BeamSearch:
         pick = (lambda x: x) if sentences is None else (lambda x: x.index_select(0, sentences))  # noqa: E731
         scores, log_probs = pick(self.fin_scores).tolist(), pick(self.fin_log_probs).tolist()
         lengths, tokens = pick(self.fin_lengths).tolist(), pick(self.fin_tokens).tolist()
-        return [[Hypothesis(toks[:n], s, lp) for s, lp, n, toks in zip(*row) if s != float("-inf")]
+        return [[Hypothesis(toks[:n], s, lp) for s, lp, n, toks in zip(*row) if s != float("-inf")][: self.cfg.n_best]
                 for row in zip(scores, log_probs, lengths, tokens)]

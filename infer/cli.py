@@ -13,7 +13,7 @@ import os
 import sys
 from typing import BinaryIO, TextIO
 
-from infer.search import LENGTH_NORMS
+from infer.search import LENGTH_NORMS, STOPS
 from infer.textio import InputError, read_input, write_atomic
 from infer.translator import DTYPES
 from seq2seq.checkpoint import CheckpointError
@@ -39,6 +39,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-len-b", type=int, default=10, help="(default 10)")
     g.add_argument("--max-len", type=int, default=256, help="hard cap on output tokens (default 256)")
     g.add_argument("--min-len", type=int, default=0, help="no EOS before this many tokens (default 0)")
+    g.add_argument("--stop", choices=STOPS, default="current",
+                   help="beam search: a sentence is done when its best live hypothesis, scored at its current length "
+                        "(current) or at its budget (bound: exact, slower), cannot beat the finished ones (default current)")
     g.add_argument("--max-tokens", type=int, default=None,
                    help="padded tokens per batch, beams included (default 16384 on CPU, 262144 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one, else cpu)")
@@ -48,7 +51,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
 def _search_kwargs(args) -> dict:
     return dict(beam_size=args.beam_size, greedy=args.greedy, length_norm=args.length_norm, alpha=args.alpha,
                 max_len_a=args.max_len_a, max_len_b=args.max_len_b, max_len=args.max_len, min_len=args.min_len,
-                max_tokens=args.max_tokens)
+                stop=args.stop, max_tokens=args.max_tokens)
 
 
 def _load_translator(args):

@@ -24,10 +24,10 @@ class SearchConfig:
     max_len_b: int = 10
     max_len: int = 256  # hard cap on output tokens, whatever the source length
     min_len: int = 0  # EOS is forbidden before this many output tokens
-    # Beam search: a sentence is done once n_best hypotheses are finished and no live one can beat
-    # them, scored "current": as if it ended at its current length (Hugging Face's default, and
-    # the sense of fairseq's and OpenNMT's early stops); "bound": at the longest length its
-    # budget allows, which no future can beat (exact, but with a length penalty rarely stops before the budget)
+    # Beam search: a sentence is done once "current": beam_size hypotheses are finished and the best
+    # live one, scored as if it ended now, cannot beat them (as Hugging Face's default and fairseq
+    # stop); "bound": n_best are finished and no live one can beat them at the longest length its
+    # budget allows (exact, but with a length penalty it rarely stops before the budget)
     stop: str = "current"
 
     def __post_init__(self) -> None:

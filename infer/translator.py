@@ -76,14 +76,14 @@ class Translator:
     def translate(
         self, lines: list[str], beam_size: int = 5, n_best: int | None = None, length_norm: str = "average",
         alpha: float = 0.6, max_len_a: float = 1.5, max_len_b: int = 10, max_len: int = 256, min_len: int = 0,
-        greedy: bool = False, max_tokens: int | None = None,
+        stop: str = "current", greedy: bool = False, max_tokens: int | None = None,
         on_truncate: Callable[[int, int], None] | None = None, progress: Callable[[int], None] | None = None,
     ):
         """Translations in input order: a string per line, or with n_best a list of
         (text, score) per line, best first. Empty lines give empty translations."""
         cfg = SearchConfig(
             beam_size=1 if greedy else beam_size, n_best=n_best or 1, length_norm=length_norm, alpha=alpha,
-            max_len_a=max_len_a, max_len_b=max_len_b, max_len=max_len, min_len=min_len,
+            max_len_a=max_len_a, max_len_b=max_len_b, max_len=max_len, min_len=min_len, stop=stop,
         )
         results = self.search(lines, cfg, greedy, max_tokens, on_truncate, progress)
         return [r[0][0] for r in results] if n_best is None else results

@@ -66,3 +66,46 @@ def test_batch_buckets():
 def test_the_reference_runs_dynamic_shapes_only(copy_model):
     with pytest.raises(ValueError, match="dynamic shapes only"):
         Engine(copy_model, static=True, use_cache=False)
+
+
+def test_a_dynamic_batch_drops_its_finished_sentences(copy_model, monkeypatch):
+    """The copy model ends sentences at different steps: the dynamic engine shrinks its batch
+    (search and cache) as they finish, and finds what the static engine finds."""
+    from infer.decoders import CachedDecoder
+
+    sizes = []
+    keep = CachedDecoder.keep
+    monkeypatch.setattr(CachedDecoder, "keep", lambda self, s: sizes.append(s.numel()) or keep(self, s))
+    src = pad_batch(random_sentences(8, 1, 6, 12, seed=11))
+    for greedy, cfg in [(True, SearchConfig(beam_size=1)), (False, SearchConfig(beam_size=3, n_best=2))]:
+        sizes.clear()
+        got = search(Engine(copy_model, static=False), src, cfg, greedy)
+        assert sizes and sizes == sorted(sizes, reverse=True) and sizes[-1] < 8
+        for g, e in zip(got, search(Engine(copy_model, static=True), src, cfg, greedy)):
+            assert_same_hypotheses(g, e)
+
+
+def test_the_bound_stop_is_exact_and_the_current_one_stops_no_later(copy_model, monkeypatch):
+    """stop="bound" finds what running every sentence to its budget finds, though it stops
+    sooner; stop="current" stops no later than "bound"."""
+    from infer.beam import BeamSearch
+
+    src = pad_batch(random_sentences(6, 2, 6, 12, seed=12))
+    start, step = BeamSearch.start, BeamSearch.step
+    steps = []  # steps each run took
+    monkeypatch.setattr(BeamSearch, "step", lambda self, span: steps.append(int(self.t)) or step(self, span))
+
+    def never_settled(self, max_lens):  # a bound no live hypothesis is ever under: only budgets end
+        start(self, max_lens)
+        self.budget_penalty.fill_(float("inf"))
+
+    runs = {}
+    for stop, begin in [("bound", start), ("current", start), ("exhaustive", never_settled)]:
+        cfg = SearchConfig(beam_size=3, n_best=2, length_norm="none", max_len_a=1.0, max_len_b=6,
+                           stop="current" if stop == "current" else "bound")
+        monkeypatch.setattr(BeamSearch, "start", begin)
+        steps.clear()
+        runs[stop] = (search(Engine(copy_model, static=False), src, cfg, False), len(steps))
+    for g, e in zip(runs["bound"][0], runs["exhaustive"][0]):
+        assert_same_hypotheses(g, e)
+    assert runs["current"][1] <= runs["bound"][1] < runs["exhaustive"][1]

@@ -46,7 +46,7 @@ class OptimConfig:
 class EvalConfig:
     every: int = 1000  # validate (and checkpoint) every this many updates
     search: SearchConfig = field(default_factory=lambda: SearchConfig(beam_size=4))  # decoding for BLEU
-    max_tokens: int = 8192  # padded source tokens per decoding batch
+    max_tokens: int = 8192  # padded tokens per decoding batch, beams included
     patience: int = 0  # stop after this many validations without a better BLEU; 0: never
     keep_last: int = 5  # step checkpoints kept besides best.pt and last.pt
     average_last: int = 0  # at the end, average the last N step checkpoints; final.pt is whichever validates better

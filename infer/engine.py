@@ -30,7 +30,7 @@ CHECK_EVERY_CUDA = 8  # steps between "all done?" checks on CUDA, where each che
 
 
 def batch_bucket(n: int) -> int:
-    """Sentences a graphed batch of n is padded to: a power of two up to 64, then multiples of 64."""
+    """Sentences a static batch of n is padded to: a power of two up to 64, then multiples of 64."""
     return 1 << (n - 1).bit_length() if n <= 64 else -(-n // 64) * 64
 
 

@@ -27,6 +27,7 @@ from seq2seq.model import Transformer
 
 SPAN = 16  # positions per graph: a step attends over the written positions rounded up to this
 CHECK_EVERY_CUDA = 8  # steps between "all done?" checks on CUDA, where each check stalls the GPU
+SHRINK_FRACTION = 4  # a dynamic batch sheds its finished sentences once 1 / this of it is done
 
 
 def batch_bucket(n: int) -> int:
@@ -67,10 +68,11 @@ class Engine:
             return run(search, steps, self.check_every, shrink=decoder)
         batch = src.size(0)
         src, max_lens = self._pad_to_bucket(src, max_lens)
-        decoder, search, step = self._bucket(src, cfg, greedy, round_up(steps, SPAN))
+        positions = min(round_up(steps, SPAN), self.model.config.max_positions)  # the bucket's cache
+        decoder, search, step = self._bucket(src, cfg, greedy, positions)
         decoder.load(src)
         search.start(max_lens.to(self.device))
-        return run(search, steps, self.check_every, lambda span: step(round_up(span, SPAN)))[:batch]
+        return run(search, steps, self.check_every, lambda span: step(min(round_up(span, SPAN), positions)))[:batch]
 
     def _build(self, src: Tensor, cfg: SearchConfig, greedy: bool, steps: int):
         beams = 1 if greedy else cfg.beam_size
@@ -100,7 +102,7 @@ class Engine:
                 from seq2seq.speed.graphs import StepGraphs
 
                 search.start(torch.ones(src.size(0), dtype=torch.long, device=self.device))
-                step = StepGraphs(search.step, range(SPAN, steps + 1, SPAN), self.pool)
+                step = StepGraphs(search.step, [min(s, steps) for s in range(SPAN, steps + SPAN, SPAN)], self.pool)
                 self.pool = step.pool
             self.buckets[key] = (decoder, search, step)
         return self.buckets[key]
@@ -121,7 +123,7 @@ def run(search, steps: int, check_every: int = 1, step=None, shrink=None) -> lis
         done = search.sentences_done()
         if bool(done.all()):
             break
-        if shrink is not None and 4 * int(done.sum()) >= alive.numel():
+        if shrink is not None and SHRINK_FRACTION * int(done.sum()) >= alive.numel():
             finished, going = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
             for i, hyps in zip(alive[finished.cpu()].tolist(), search.results(finished)):
                 results[i] = hyps

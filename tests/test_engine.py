@@ -59,6 +59,19 @@ def test_static_engine_with_outputs_past_one_span_equals_the_reference(copy_mode
     assert all(len(h[0].tokens) == SPAN + 5 for h in got)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_engine_takes_budgets_up_to_positions_that_are_no_multiple_of_a_span(device):
+    """max_positions 40: the longest budget (39 tokens, then EOS) fills the cache, which the span
+    buckets of 16 would overrun."""
+    model = tiny_model(seed=2, src_vocab_size=12, tgt_vocab_size=12, max_positions=40).to(device)
+    cfg = SearchConfig(beam_size=2, max_len_a=0, max_len_b=39, min_len=39)
+    src = pad_batch(random_sentences(3, 2, 5, 12, seed=2)).to(device)
+    got = search(Engine(model, static=True), src, cfg, False)
+    for g, e in zip(got, search(Engine(model, static=False), src, cfg, False)):
+        assert_same_hypotheses(g, e)
+    assert all(len(h[0].tokens) == 39 for h in got)
+
+
 def test_batch_buckets():
     assert [batch_bucket(n) for n in (1, 2, 3, 5, 63, 64, 65, 200)] == [1, 2, 4, 8, 64, 64, 128, 256]
 

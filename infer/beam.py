@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from infer.search import Hypothesis, SearchConfig, log_probs
+from seq2seq.cache import sentence_rows
 from seq2seq.config import ModelConfig
 
 
@@ -110,8 +111,7 @@ class BeamSearch:
 
     def keep(self, sentences: Tensor) -> None:
         """Go on with these sentences only (indices into the batch); the caller shrinks the decoder."""
-        k = self.cfg.beam_size
-        rows = (sentences.unsqueeze(1) * k + torch.arange(k, device=sentences.device)).view(-1)
+        rows = sentence_rows(sentences, self.cfg.beam_size)
         for name in ("max_lens", "budget_penalty", "scores", "done", "fin_scores", "fin_log_probs", "fin_lengths",
                      "fin_tokens"):
             setattr(self, name, getattr(self, name).index_select(0, sentences))

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from seq2seq.cache import sentence_rows
 from seq2seq.ensemble import Ensemble
 from seq2seq.model import Transformer
 
@@ -64,8 +65,7 @@ class RecomputeDecoder:
         self.prefix = self.prefix.index_select(0, rows)
 
     def keep(self, sentences: Tensor) -> None:
-        g = self.beam_size
-        rows = (sentences.unsqueeze(1) * g + torch.arange(g, device=sentences.device)).view(-1)
+        rows = sentence_rows(sentences, self.beam_size)
         self.prefix, self.memory, self.src_mask = (x.index_select(0, rows) for x in (self.prefix, self.memory, self.src_mask))
 
 

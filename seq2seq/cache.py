@@ -23,6 +23,11 @@ import torch
 from torch import Tensor
 
 
+def sentence_rows(sentences: Tensor, beam_size: int) -> Tensor:
+    """The rows (len(sentences) * G,) of the hypotheses of these sentences (indices into a batch)."""
+    return (sentences.unsqueeze(1) * beam_size + torch.arange(beam_size, device=sentences.device)).view(-1)
+
+
 class KVCache:
     """self_kv: per layer a K and a V buffer (B, H, M * G, Dh), position p of slot g at index
     p * G + g, so the first P positions of every slot are one slice; separate buffers so that a
@@ -71,7 +76,7 @@ class KVCache:
     def keep(self, sentences: Tensor) -> None:
         """Shrink every buffer to these sentences (indices into the batch), for a batch whose
         finished sentences leave it. Buffers change size: not for a captured step."""
-        rows = (sentences.unsqueeze(1) * self.beam_size + self.slots).view(-1)
+        rows = sentence_rows(sentences, self.beam_size)
         self.self_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.self_kv]
         self.cross_kv = self.cross_kv.index_select(2, sentences)
         self.src_mask = self.src_mask.index_select(0, sentences)

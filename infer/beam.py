@@ -63,14 +63,7 @@ class BeamSearch:
         b, t = self.scores.size(0), self.t
         logits = self.decoder.step(self.last, span)  # (N, V)
         lp, forced = log_probs(logits, t, self.row_max_lens, cfg.min_len, ids.pad_id, ids.bos_id, ids.eos_id)
-        vocab = lp.size(-1)
-        # A sentence whose budget is spent continues by EOS alone (its rows are forced together).
-        forced = forced.view(b, k)
-        cand = (torch.where(forced, float("-inf"), self.scores).unsqueeze(2) + lp.view(b, k, vocab))  # (B, K, V)
-        cand[:, :, ids.eos_id] = self.scores + lp[:, ids.eos_id].view(b, k)
-        cand = cand.view(b, k * vocab)
-        cand_scores, cand_ids = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, C), best first
-        cand_beam, cand_tok = cand_ids // vocab, cand_ids % vocab
+        cand_scores, cand_beam, cand_tok = self._candidates(lp, forced.view(b, k))
         is_eos = cand_tok == ids.eos_id
 
         # EOS among the top K finishes a hypothesis, unless its sentence is done; the new ones go
@@ -104,6 +97,25 @@ class BeamSearch:
         worst = self.fin_scores[:, f - 1]
         self.done.logical_or_((torch.isfinite(worst) & (worst >= reachable)) | (t >= self.max_lens))
         self.t.add_(1)
+
+    def _candidates(self, lp: Tensor, forced: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The best C = 2K continuations of each sentence, best first: scores (B, C), beams and
+        tokens, from the log-probs (N, V) of its K rows and forced (B, K), rows whose budget is
+        spent. Each row offers its best C tokens other than EOS, and EOS: the sentence's best C
+        over all K x V are among these K x (C + 1), and no (B, K x V) sum is written. A row whose
+        budget is spent offers EOS alone; the sentence's rows are forced together."""
+        eos = self.ids.eos_id
+        b, k = forced.shape
+        eos_lp = lp[:, eos].clone()
+        lp[:, eos] = float("-inf")
+        row_lp, row_tok = lp.topk(min(2 * k, lp.size(-1)), dim=-1)  # (N, C)
+        row_lp = row_lp.masked_fill(forced.view(-1, 1), float("-inf"))  # a spent budget: EOS alone
+        offered_lp = torch.cat([row_lp, eos_lp.unsqueeze(1)], dim=1)  # (N, C + 1)
+        offered_tok = torch.cat([row_tok, torch.full_like(row_tok[:, :1], eos)], dim=1)
+        per_row = offered_lp.size(1)
+        cand = (self.scores.unsqueeze(2) + offered_lp.view(b, k, per_row)).view(b, k * per_row)
+        cand_scores, cand_ids = cand.topk(min(2 * k, cand.size(1)), dim=1)  # (B, C), best first
+        return cand_scores, cand_ids // per_row, offered_tok.view(b, -1).gather(1, cand_ids)
 
     def sentences_done(self) -> Tensor:
         """(B,) bool: which sentences are done."""

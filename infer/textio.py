@@ -1,8 +1,10 @@
 """Reading input text line by line exactly: a line ends at "\n" and nowhere else."""
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,7 +25,7 @@ def decode_lines(data: bytes, name: str, replace_invalid: bool = False, first_li
 
 
 def read_input(path: str, stdin: BinaryIO, replace_invalid: bool = False) -> list[str]:
-    """Lines of a file, or of stdin for "-"."""
+    """Lines of a file (gzipped where its name ends in .gz), or of stdin for "-"."""
     if path == "-":
         return decode_lines(stdin.read(), "<stdin>", replace_invalid)
     p = Path(path)
@@ -35,6 +37,11 @@ def read_input(path: str, stdin: BinaryIO, replace_invalid: bool = False) -> lis
         raise InputError(f"{path}: no such file") from None
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror}") from None
+    if p.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as err:
+            raise InputError(f"{path}: not a readable gzip file ({err})") from None
     return decode_lines(data, path, replace_invalid)
 
 

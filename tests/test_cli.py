@@ -129,6 +129,29 @@ def test_evaluate_translates_and_scores_in_one_go(checkpoint, tmp_path, multi30k
     assert len((tmp_path / "hyp").read_text(encoding="utf-8").splitlines()) == 20
 
 
+def test_gzipped_inputs_read_as_their_text(checkpoint, multi30k_slice, tmp_path):
+    """translate and evaluate read .gz files as the text inside; a broken one is named."""
+    import gzip
+
+    src, ref = multi30k_slice / "val.de", multi30k_slice / "val.en"
+    for path in (src, ref):
+        (tmp_path / (path.name + ".gz")).write_bytes(gzip.compress(path.read_bytes()))
+    code, plain, _ = run_translate([checkpoint, src, *FAST])
+    code_gz, zipped, _ = run_translate([checkpoint, tmp_path / "val.de.gz", *FAST])
+    assert code == code_gz == 0 and zipped == plain and len(plain.splitlines()) == 20
+    scores = []
+    for r in (ref, tmp_path / "val.en.gz"):
+        out = io.StringIO()
+        (tmp_path / "hyp").write_text(plain, encoding="utf-8")
+        assert evaluate_main([str(tmp_path / "hyp"), str(r), "--json"], stdout=out) == 0
+        scores.append(json.loads(out.getvalue())["bleu"])
+    assert scores[0] == scores[1]
+    (tmp_path / "broken.de.gz").write_bytes(b"not gzip")
+    code, _, err = run_translate([checkpoint, tmp_path / "broken.de.gz", *FAST])
+    assert code == 2
+    _one_line_error(err, "broken.de.gz: not a readable gzip file")
+
+
 def _one_line_error(capsys_err: str, *needles):
     lines = capsys_err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in capsys_err, capsys_err

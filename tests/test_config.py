@@ -33,9 +33,9 @@ def test_overrides_reach_nested_sections():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["optim.learning_rate=1"], r"\.optim\.learning_rate: unknown key"),
-        (["model.d_model=big"], r"\.model\.d_model: expected int, got 'big'"),
-        (["resume=maybe"], r"\.resume: expected bool"),
+        (["optim.learning_rate=1"], r"tiny\.yaml: optim\.learning_rate: unknown key"),
+        (["model.d_model=big"], r"tiny\.yaml: model\.d_model: expected int, got 'big'"),
+        (["resume=maybe"], r"tiny\.yaml: resume: expected bool"),
         (["eval.search.beam_size=0"], r"beam_size=0"),
         (["nonsense"], r"override 'nonsense': expected key=value"),
         (["model.share_embeddings=true", "vocab.joint=false"], "share_embeddings needs vocab.joint"),
@@ -55,7 +55,7 @@ def test_yaml_errors_name_the_file(tmp_path):
         load_config(bad)
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("modle:\n  d_model: 8\n")
-    with pytest.raises(ConfigError, match=r"unknown\.yaml\.modle: unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown\.yaml: modle: unknown key"):
         load_config(unknown)
     with pytest.raises(ConfigError, match=r"missing\.yaml: no such config file"):
         load_config(tmp_path / "missing.yaml")

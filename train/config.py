@@ -86,11 +86,11 @@ class TrainConfig:
 def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     """Recipe from a YAML file (or defaults) plus overrides; errors name the file and key."""
     data = load_yaml(path) if path else {}
-    try:
+    try:  # errors read FILE: KEY: message
         apply_overrides(data, list(overrides))
+        return build_config(TrainConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path else str(err)) from None
-    return build_config(TrainConfig, data, where=str(path) if path else "")
 
 
 def to_dict(cfg) -> dict:

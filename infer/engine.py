@@ -28,6 +28,7 @@ from seq2seq.model import Transformer
 SPAN = 16  # positions per graph: a step attends over the written positions rounded up to this
 CHECK_EVERY_CUDA = 8  # steps between "all done?" checks on CUDA, where each check stalls the GPU
 SHRINK_FRACTION = 4  # a dynamic batch sheds its finished sentences once 1 / this of it is done
+MAX_BUCKETS = 16  # static shapes kept with their buffers and graphs; the oldest makes room
 
 
 def batch_bucket(n: int) -> int:
@@ -69,10 +70,15 @@ class Engine:
         batch = src.size(0)
         src, max_lens = self._pad_to_bucket(src, max_lens)
         positions = min(round_up(steps, SPAN), self.model.config.max_positions)  # the bucket's cache
-        decoder, search, step = self._bucket(src, cfg, greedy, positions)
-        decoder.load(src)
-        search.start(max_lens.to(self.device))
-        return run(search, steps, self.check_every, lambda span: step(min(round_up(span, SPAN), positions)))[:batch]
+        try:
+            decoder, search, step = self._bucket(src, cfg, greedy, positions)
+            decoder.load(src)
+            search.start(max_lens.to(self.device))
+            return run(search, steps, self.check_every, lambda span: step(min(round_up(span, SPAN), positions)))[:batch]
+        except torch.cuda.OutOfMemoryError:
+            self.buckets.clear()  # give their memory back before the caller retries a smaller batch
+            self.pool = None
+            raise
 
     def _build(self, src: Tensor, cfg: SearchConfig, greedy: bool, steps: int):
         beams = 1 if greedy else cfg.beam_size
@@ -96,6 +102,8 @@ class Engine:
         CUDA the step replays graphs, captured here."""
         key = (greedy, cfg, *src.shape, steps)
         if key not in self.buckets:
+            if len(self.buckets) >= MAX_BUCKETS:
+                del self.buckets[next(iter(self.buckets))]
             decoder, search = self._build(src, cfg, greedy, steps)
             step = search.step
             if self.device.type == "cuda":

@@ -72,6 +72,38 @@ def test_static_engine_takes_budgets_up_to_positions_that_are_no_multiple_of_a_s
     assert all(len(h[0].tokens) == 39 for h in got)
 
 
+def test_a_static_engine_keeps_at_most_max_buckets(copy_model, monkeypatch):
+    """The oldest bucket makes room (its buffers freed); a batch of it again is rebuilt, same results."""
+    from infer import engine
+
+    monkeypatch.setattr(engine, "MAX_BUCKETS", 1)
+    static, dynamic = Engine(copy_model, static=True), Engine(copy_model, static=False)
+    cfg = SearchConfig(beam_size=2)
+    for n in (3, 9, 3):  # buckets of 4, 16, then 4 again
+        src = pad_batch(random_sentences(n, 1, 6, 12, seed=n))
+        for g, e in zip(search(static, src, cfg, False), search(dynamic, src, cfg, False)):
+            assert_same_hypotheses(g, e)
+        assert len(static.buckets) == 1 and next(iter(static.buckets))[2] == batch_bucket(n)
+
+
+def test_running_out_of_gpu_memory_gives_the_buckets_back(copy_model, monkeypatch):
+    """A static batch that runs out of memory drops every bucket before the caller retries it smaller."""
+    from infer import engine
+
+    static = Engine(copy_model, static=True)
+    src = pad_batch(random_sentences(3, 1, 6, 12, seed=1))
+    search(static, src, SearchConfig(beam_size=2), False)
+    assert static.buckets
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(engine, "run", out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        search(static, src, SearchConfig(beam_size=2), False)
+    assert static.buckets == {} and static.pool is None
+
+
 def test_batch_buckets():
     assert [batch_bucket(n) for n in (1, 2, 3, 5, 63, 64, 65, 200)] == [1, 2, 4, 8, 64, 64, 128, 256]
 

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import BinaryIO, TextIO
 
-from infer.search import LENGTH_NORMS, STOPS
+from infer.search import LENGTH_NORMS, STOPS, SearchConfig
 from infer.textio import InputError, read_input, write_atomic
 from infer.translator import DTYPES
 from seq2seq.checkpoint import CheckpointError
@@ -29,17 +29,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+SEARCH_KEYS = ("beam_size", "length_norm", "alpha", "max_len_a", "max_len_b", "max_len", "min_len", "stop")
+
+
 def _add_search_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("search")
-    g.add_argument("-b", "--beam-size", type=int, default=5, help="beam size (default 5)")
+    # Search defaults are SearchConfig's, filled in by _search_kwargs: None here means "not given".
+    g = p.add_argument_group("search", "defaults as shown; seq2seq-evaluate --checkpoint takes the checkpoint's "
+                                       "recipe settings (eval.search) for those not given")
+    g.add_argument("-b", "--beam-size", type=int, help="beam size (default 5)")
     g.add_argument("--greedy", action="store_true", help="greedy search instead of beam search")
-    g.add_argument("--length-norm", choices=LENGTH_NORMS, default="average", help="hypothesis score normalisation (default average)")
-    g.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty exponent (default 0.6)")
-    g.add_argument("--max-len-a", type=float, default=1.5, help="at most a * source length + b output tokens (default 1.5)")
-    g.add_argument("--max-len-b", type=int, default=10, help="(default 10)")
-    g.add_argument("--max-len", type=int, default=256, help="hard cap on output tokens (default 256)")
-    g.add_argument("--min-len", type=int, default=0, help="no EOS before this many tokens (default 0)")
-    g.add_argument("--stop", choices=STOPS, default="current",
+    g.add_argument("--length-norm", choices=LENGTH_NORMS, help="hypothesis score normalisation (default average)")
+    g.add_argument("--alpha", type=float, help="GNMT length penalty exponent (default 0.6)")
+    g.add_argument("--max-len-a", type=float, help="at most a * source length + b output tokens (default 1.5)")
+    g.add_argument("--max-len-b", type=int, help="(default 10)")
+    g.add_argument("--max-len", type=int, help="hard cap on output tokens (default 256)")
+    g.add_argument("--min-len", type=int, help="no EOS before this many tokens (default 0)")
+    g.add_argument("--stop", choices=STOPS,
                    help="beam search: a sentence is done when its best live hypothesis, scored at its current length "
                         "(current) or at its budget (bound: exact, slower), cannot beat the finished ones (default current)")
     g.add_argument("--max-tokens", type=int, default=None,
@@ -48,10 +53,21 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=list(DTYPES), default=None, help="weights and activations (default bf16 on CUDA, fp32 on CPU)")
 
 
-def _search_kwargs(args) -> dict:
-    return dict(beam_size=args.beam_size, greedy=args.greedy, length_norm=args.length_norm, alpha=args.alpha,
-                max_len_a=args.max_len_a, max_len_b=args.max_len_b, max_len=args.max_len, min_len=args.min_len,
-                stop=args.stop, max_tokens=args.max_tokens)
+def _search_kwargs(args, recipe: dict | None = None) -> dict:
+    """Translator.translate's search options: those given, else the recipe's (a checkpoint's
+    eval.search), else SearchConfig's defaults."""
+    recipe = recipe or {}
+    defaults = SearchConfig()
+    chosen = {key: next(v for v in (getattr(args, key), recipe.get(key), getattr(defaults, key)) if v is not None)
+              for key in SEARCH_KEYS}
+    return dict(chosen, greedy=args.greedy, max_tokens=args.max_tokens)
+
+
+def _recipe_search(path: str) -> dict:
+    """The search a training checkpoint's recipe validated and tested with ({} if it has none)."""
+    from seq2seq.checkpoint import load
+
+    return load(path).get("train_config", {}).get("eval", {}).get("search", {})
 
 
 def _load_translator(args):
@@ -95,7 +111,7 @@ def translate_main(argv: list[str] | None = None, stdin: BinaryIO | None = None,
     stdout = stdout or sys.stdout
 
     def body() -> int:
-        if args.n_best < 0 or args.beam_size < 1:
+        if args.n_best < 0 or (args.beam_size is not None and args.beam_size < 1):
             raise ValueError("--n-best must be >= 0 and --beam-size >= 1")
         if args.interactive:
             if args.inputs != ["-"] or args.output:
@@ -156,6 +172,7 @@ def evaluate_main(argv: list[str] | None = None, stdout: TextIO | None = None) -
     p.add_argument("--source", help="source text for --checkpoint")
     p.add_argument("-o", "--output", help="with --checkpoint: also write the translations here")
     p.add_argument("--lowercase", action="store_true", help="case-insensitive scores")
+    p.add_argument("--replace-invalid", action="store_true", help="read undecodable bytes as U+FFFD instead of failing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
     _add_search_options(p)
@@ -167,16 +184,16 @@ def evaluate_main(argv: list[str] | None = None, stdout: TextIO | None = None) -
             if not args.source:
                 raise ValueError("--checkpoint needs --source")
             hyp_name, refs = args.source, args.files
-            source = read_input(args.source, sys.stdin.buffer)
-            hyps = _load_translator(args).translate(source, **_search_kwargs(args))
+            source = read_input(args.source, sys.stdin.buffer, args.replace_invalid)
+            hyps = _load_translator(args).translate(source, **_search_kwargs(args, _recipe_search(args.checkpoint)))
             if args.output:
                 write_atomic(args.output, hyps)
         else:
             if len(args.files) < 2:
                 raise ValueError("give a hypothesis file and at least one reference file")
             hyp_name, refs = args.files[0], args.files[1:]
-            hyps = read_input(hyp_name, sys.stdin.buffer)
-        ref_lines = [read_input(r, sys.stdin.buffer) for r in refs]
+            hyps = read_input(hyp_name, sys.stdin.buffer, args.replace_invalid)
+        ref_lines = [read_input(r, sys.stdin.buffer, args.replace_invalid) for r in refs]
         for name, lines in zip(refs, ref_lines):
             if len(lines) != len(hyps):
                 raise InputError(f"{hyp_name} has {len(hyps)} lines but {name} has {len(lines)}")

@@ -152,6 +152,27 @@ def test_gzipped_inputs_read_as_their_text(checkpoint, multi30k_slice, tmp_path)
     _one_line_error(err, "broken.de.gz: not a readable gzip file")
 
 
+def test_evaluate_takes_the_checkpoints_recipe_search_unless_told_otherwise(checkpoint, multi30k_slice, tmp_path):
+    """seq2seq-evaluate --checkpoint scores what the training command scored: the recipe's
+    eval.search (here beam 2, at most 8 tokens), where no search option is given."""
+    from infer.search import SearchConfig
+    from seq2seq.checkpoint import load
+
+    recipe = load(checkpoint)["train_config"]["eval"]["search"]
+    assert (recipe["beam_size"], recipe["max_len"]) == (2, 8)
+    src, ref = multi30k_slice / "val.de", multi30k_slice / "val.en"
+    lines = src.read_text(encoding="utf-8").splitlines()
+    expected = [n[0][0] for n in Translator.from_checkpoint(checkpoint).search(lines, SearchConfig(**recipe))]
+    got = {}
+    for name, options in [("recipe", []), ("told", ["-b", "1", "--max-len", "3"])]:
+        out = tmp_path / f"{name}.en"
+        assert evaluate_main([str(ref), "--checkpoint", str(checkpoint), "--source", str(src), "-o", str(out),
+                              *options], stdout=io.StringIO()) == 0
+        got[name] = out.read_text(encoding="utf-8").splitlines()
+    assert got["recipe"] == expected and got["told"] != expected
+    assert max(len(line.split()) for line in got["told"]) <= 3
+
+
 def _one_line_error(capsys_err: str, *needles):
     lines = capsys_err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in capsys_err, capsys_err

@@ -111,7 +111,7 @@ def _last_step(metrics: Path) -> int:
 def _ensemble_and_validate(cfg: TrainConfig, members: list[TrainConfig], device: str, log) -> None:
     finals = [Path(m.run_dir) / "checkpoints" / "final.pt" for m in members]
     final = Path(cfg.run_dir) / "checkpoints" / "final.pt"
-    save_atomic(ensemble(finals), final)
+    save_atomic({**ensemble(finals), "train_config": to_dict(cfg)}, final)  # evaluate reads its eval.search
     valid = load_split(cfg.data, cfg.data.valid)
     translator = Translator.from_checkpoint(final, device=device)
     hyps = [nbest[0][0] for nbest in translator.search(valid.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens)]

@@ -182,6 +182,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, multi30k_slice):
     assert "train.de: no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path, multi30k_slice):
     """torchrun with 2 gloo processes (accum 1) == 1 process accumulating the same 2 batches."""
     common = [f"data.path={multi30k_slice}", "optim.max_steps=4", "eval.every=4", "model.dropout=0.0",
@@ -259,6 +260,7 @@ def test_train_command_ends_with_the_test_score_and_signature(tmp_path, multi30k
     assert valid and all("bleu_lc" in r and "chrf_lc" in r for r in valid)
 
 
+@pytest.mark.slow
 def test_members_train_with_their_own_seeds_and_translate_as_their_ensemble(tmp_path, multi30k_slice, capsys):
     from infer.translator import Translator
     from seq2seq.data import DataConfig, load_split
@@ -291,3 +293,18 @@ def test_members_train_with_their_own_seeds_and_translate_as_their_ensemble(tmp_
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"seq2seq-train: error: {tmp_path / 'bad'}/member_1/train.log: member training failed (exit 2): ")
     assert "missing" in last
+
+
+def test_progress_in_a_log_file_is_plain_lines(capsys):
+    """Where stderr is no terminal (pytest captures it), no bar frames: a line every 100 updates."""
+    from train.progress import Progress
+
+    records = []
+    progress = Progress(total=250, initial=0, enabled=True, record=records.append)
+    for step in range(1, 251):
+        progress.update(step, 0, 2.0, 4, 1e-3)
+    progress.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "upd/s" not in err
+    assert [line.split(":")[0] for line in err.splitlines()] == ["step 1/250", "step 100/250", "step 200/250"]
+    assert len(records) == 26 and records[-1]["loss"] == 0.5

@@ -55,7 +55,8 @@ def train_members(cfg: TrainConfig, device: str, log: Callable[[str], None] = tq
         (Path(m.run_dir) / "recipe.yaml").write_text(yaml.safe_dump(to_dict(m), sort_keys=False), encoding="utf-8")
     together = device == "cuda"
     log(f"training {cfg.members} members ({'side by side' if together else 'one after another'}) in {cfg.run_dir}/member_*")
-    bar = tqdm(total=cfg.members * cfg.optim.max_steps, dynamic_ncols=True, unit="upd", desc="members")
+    bar = tqdm(total=cfg.members * cfg.optim.max_steps, dynamic_ncols=True, unit="upd", desc="members",
+               disable=not sys.stderr.isatty())  # a log file gets the members' lines, not bar frames
     try:
         for group in [members] if together else [[m] for m in members]:
             _run(group, members, bar)

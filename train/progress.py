@@ -1,6 +1,8 @@
-"""Training progress: the tqdm bar and the periodic `train` records of metrics.jsonl."""
+"""Training progress: the tqdm bar on a terminal (plain lines in a log file), and the periodic
+`train` records of metrics.jsonl."""
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -15,12 +17,14 @@ class Progress:
     only then: one host-device synchronisation per record, not per update, lets the host
     prepare the next batches while the GPU works. `reduce` turns the summed loss into a float
     (summed over processes); every process calls it at the same updates. Only the main process
-    shows or records anything."""
+    shows or records anything. Where stderr is no terminal (a log file), a plain line every
+    `every * 10` updates stands in for the bar."""
 
     def __init__(self, total: int, initial: int, enabled: bool, record: Callable[[dict], None],
                  reduce: Callable[[torch.Tensor | float], float] = float, every: int = 10):
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="upd")
-        self.enabled, self.record, self.reduce, self.every = enabled, record, reduce, every
+        self.plain = enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled or self.plain, dynamic_ncols=True, unit="upd")
+        self.enabled, self.record, self.reduce, self.every, self.total = enabled, record, reduce, every, total
         self.loss, self.tokens = 0.0, 0  # since the last record
         self.restart_window()
 
@@ -38,6 +42,9 @@ class Progress:
             if self.enabled:
                 self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", ep=epoch)
                 self.record({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
+            if self.plain and (step % (10 * self.every) == 0 or step == 1):
+                print(f"step {step}/{self.total}: loss {loss:.3f}, lr {lr:.2e}, {tokens_per_s:,.0f} target tokens/s, "
+                      f"epoch {epoch}", file=sys.stderr, flush=True)
             self.loss, self.tokens = 0.0, 0
 
     def close(self) -> None:

@@ -11,7 +11,8 @@ one cannot beat the worst of them: scored at its length were it to end next step
 "current", with F = K, as fairseq and Hugging Face stop), or at its budget (stop "bound", with
 F = n_best: exact, since no future can do better, but with a length penalty it rarely stops
 before the budget). As in greedy search, every tensor lives on the device with a fixed shape
-and the step reads no host value: a done sentence keeps stepping but changes nothing.
+and the step reads no host value: a done sentence keeps stepping but changes nothing, until a
+dynamic batch drops it (keep).
 Re-ranking gathers the token histories and the decoder's ancestor table, never its K/V.
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ from torch import Tensor
 from infer.beam import BeamSearch
 from infer.decoders import make_decoder
 from infer.greedy import GreedySearch
-from infer.search import Hypothesis, SearchConfig
+from infer.search import Hypothesis, SearchConfig, max_output_lengths
 from seq2seq.ensemble import Ensemble
 from seq2seq.model import Transformer
 
@@ -119,7 +119,8 @@ class Engine:
 def run(search, steps: int, check_every: int = 1, step=None, shrink=None) -> list[list[Hypothesis]]:
     """Step a started search (step(span), by default search.step) until every sentence is done
     or `steps` ran, checking every check_every steps; -> per sentence, its n-best list. shrink:
-    the search's decoder, to drop finished sentences from both once a quarter of the batch is."""
+    the search's decoder, to drop finished sentences from both once 1 / SHRINK_FRACTION of the
+    batch is done."""
     step = step or search.step
     batch = int(search.max_lens.numel())
     alive = torch.arange(batch)  # each row's sentence in the batch as given
@@ -156,8 +157,6 @@ def beam_search(model: Transformer | Ensemble, src: Tensor, cfg: SearchConfig = 
 
 
 def _search(model, src: Tensor, cfg: SearchConfig, greedy: bool, use_cache: bool) -> list[list[Hypothesis]]:
-    from infer.search import max_output_lengths
-
     mc = model.config
     max_lens = max_output_lengths((src != mc.pad_id).sum(dim=1), cfg, mc.max_positions)
     return Engine(model, static=False, use_cache=use_cache).search(src, max_lens, cfg, greedy)

@@ -1,7 +1,6 @@
 """SDPA attention equals the explicit softmax(QK^T / sqrt(d)) V it stands for."""
 import math
 
-import pytest
 import torch
 
 from seq2seq.attention import MultiHeadAttention

@@ -25,6 +25,7 @@ from infer.evaluate import score
 from infer.translator import Translator
 from seq2seq.batching import batch_plan
 from seq2seq.checkpoint import CheckpointError, average, inference_state, load, save_atomic
+from seq2seq import speed
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 from train import distributed
@@ -68,7 +69,7 @@ class Trainer:
         self._info(f"valid: {len(self.valid_raw)} pairs from {self.valid_raw.name}")
 
         torch.manual_seed(cfg.seed)
-        self.model = Transformer(self.model_cfg).to(self.device)
+        self.model = speed.for_training(Transformer(self.model_cfg).to(self.device))
         self.ddp = DistributedDataParallel(self.model) if self.env.enabled else None
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(

@@ -1,0 +1,48 @@
+"""The CPU training dropout (seq2seq.speed.dropout) against what dropout means."""
+import torch
+from torch import nn
+
+from seq2seq.config import ModelConfig
+from seq2seq.model import Transformer
+from seq2seq.speed import for_training
+from seq2seq.speed.dropout import MaskDropout
+
+
+def test_drops_at_the_rate_and_scales_the_rest():
+    torch.manual_seed(0)
+    for p in (0.1, 0.3):
+        y = MaskDropout(p)(torch.ones(400_001))
+        kept = y != 0
+        assert abs(kept.float().mean().item() - (1 - p)) < 0.003
+        torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+
+
+def test_gradient_flows_through_the_same_mask():
+    x = torch.randn(37, 11, requires_grad=True)
+    y = MaskDropout(0.25)(x)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, (y != 0).float() / 0.75)
+
+
+def test_seeded_runs_repeat_and_eval_is_the_identity():
+    drop, x = MaskDropout(0.1), torch.randn(1000)
+    torch.manual_seed(3)
+    a = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, drop(x)) and not torch.equal(a, drop(x))
+    assert drop.eval()(x) is x
+
+
+def test_for_training_swaps_every_dropout_and_keeps_the_weights():
+    cfg = ModelConfig(src_vocab_size=50, tgt_vocab_size=50, d_model=32, n_heads=2, n_encoder_layers=1,
+                      n_decoder_layers=1, d_ff=64, dropout=0.2)
+    model = Transformer(cfg)
+    keys = set(model.state_dict())
+    for_training(model)
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert dropouts and all(type(m) is MaskDropout and m.p == 0.2 for m in dropouts)
+    assert set(model.state_dict()) == keys
+    src, tgt = torch.randint(3, 50, (2, 5)), torch.randint(3, 50, (2, 4))
+    plain = Transformer(cfg)
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model.eval()(src, tgt), plain.eval()(src, tgt))

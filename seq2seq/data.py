@@ -96,8 +96,15 @@ def load_split(cfg: DataConfig, split: str) -> Parallel:
     if cfg.format == "hf":
         return _load_hub(cfg, split)
     folder = Path(cfg.path)
+    if not folder.is_dir():
+        raise DataError(f"data.path: {cfg.path}: no such folder (looked for {folder.resolve()}); set data.path=DIR, "
+                        f"the folder of the {cfg.format} files ({_expected(cfg, split)})")
     if cfg.format == "text":
         src_path, tgt_path = _text_file(folder, split, cfg.src_lang), _text_file(folder, split, cfg.tgt_lang)
+        for path in (src_path, tgt_path):
+            if not path.exists():
+                raise DataError(f"{path}: no such file, nor {path.name}.gz (data.path={cfg.path}; names come from the "
+                                "split keys data.train/valid/test and data.src_lang/tgt_lang)")
         src, tgt = read_lines(src_path), read_lines(tgt_path)
         if len(src) != len(tgt):
             raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
@@ -105,6 +112,12 @@ def load_split(cfg: DataConfig, split: str) -> Parallel:
     if cfg.format == "tsv":
         return _read_tsv(folder / f"{split}.tsv")
     return _read_jsonl(folder / f"{split}.jsonl", cfg)
+
+
+def _expected(cfg: DataConfig, split: str) -> str:
+    if cfg.format == "text":
+        return f"{split}.{cfg.src_lang} and {split}.{cfg.tgt_lang}, or with .gz"
+    return f"{split}.{cfg.format}"
 
 
 def _read_tsv(path: Path) -> Parallel:

@@ -67,9 +67,12 @@ def test_malformed_records_name_the_line(tmp_path, name, content, message):
         load_split(DataConfig(path=str(tmp_path), format=name.split(".")[1]), "x")
 
 
-def test_missing_file_is_named(tmp_path):
-    with pytest.raises(DataError, match=r"nothere\.de: no such file"):
+def test_missing_file_or_folder_is_named_with_the_key_that_sets_it(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match=r"nothere\.de: no such file, nor nothere\.de\.gz \(data\.path="):
         load_split(DataConfig(path=str(tmp_path)), "nothere")
+    with pytest.raises(DataError, match=rf"^data\.path: gone: no such folder \(looked for {tmp_path}/gone\); set data\.path="):
+        monkeypatch.chdir(tmp_path)  # a relative data.path is looked for from the current folder
+        load_split(DataConfig(path="gone"), "train")
 
 
 def test_cleaning_counts_each_reason():

@@ -95,7 +95,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, multi30k_slice
     assert summary == {**summary, "reason": "interrupted", "step": 3}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     monkeypatch.setattr(Trainer, "update", real_update)
-    Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=6", "resume=true", *common)).train()
+    # The same command again (no resume=true) continues the run.
+    Trainer(tiny(tmp_path / "split", multi30k_slice, "optim.max_steps=6", *common)).train()
     _assert_same_training_state(_weights(tmp_path / "straight"), _weights(tmp_path / "split"))
 
 
@@ -168,10 +169,14 @@ def test_average_is_the_mean_of_the_weights(tmp_path):
     assert torch.equal(out["model"]["w"], torch.full((2,), 3.0)) and out["model"]["n"] == 2
 
 
-def test_existing_run_is_not_overwritten_without_resume(tmp_path, multi30k_slice):
+def test_a_finished_run_rerun_finishes_and_another_recipe_is_refused(tmp_path, multi30k_slice):
     Trainer(tiny(tmp_path / "run", multi30k_slice, "optim.max_steps=2", "eval.every=2")).train()
-    with pytest.raises(CheckpointError, match="pass resume=true"):
-        Trainer(tiny(tmp_path / "run", multi30k_slice, "optim.max_steps=2"))
+    final = (tmp_path / "run" / "checkpoints" / "final.pt").stat()
+    again = Trainer(tiny(tmp_path / "run", multi30k_slice, "optim.max_steps=2", "eval.every=2"))
+    assert again.step == 2 and again.train()["reason"] == "done"
+    assert (tmp_path / "run" / "checkpoints" / "final.pt").stat().st_mtime_ns == final.st_mtime_ns
+    with pytest.raises(CheckpointError, match=r"another recipe: optim.max_steps 2 -> 3; pass resume=true"):
+        Trainer(tiny(tmp_path / "run", multi30k_slice, "optim.max_steps=3", "eval.every=2"))
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, multi30k_slice):
@@ -180,6 +185,8 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, multi30k_slice):
     assert err.count("\n") == 0 and "optim.lr: expected float, got 'fast'" in err
     assert train_main([str(TINY), f"data.path={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 2
     assert "train.de: no such file" in capsys.readouterr().err
+    assert train_main([str(TINY), f"data.path={tmp_path / 'gone'}", f"run_dir={tmp_path / 'r'}"]) == 2
+    assert capsys.readouterr().err.startswith(f"seq2seq-train: error: {TINY}: data.path: {tmp_path / 'gone'}: no such folder")
 
 
 @pytest.mark.slow
@@ -284,10 +291,13 @@ def test_members_train_with_their_own_seeds_and_translate_as_their_ensemble(tmp_
     hyps = Translator.from_checkpoint(run / "checkpoints" / "final.pt").search(valid.src, search)
     assert record["bleu"] == score([h[0][0] for h in hyps], [valid.tgt])["bleu"]
     assert "final.pt): BLEU" in capsys.readouterr().out.splitlines()[-3]
-    # Without resume=true, a run_dir with members is refused before any member starts.
-    assert train_main(args) == 2
-    assert capsys.readouterr().err.strip() == (f"seq2seq-train: error: {run}/member_1/checkpoints/last.pt: run_dir already"
-                                               " holds a run; pass resume=true to continue it or choose another run_dir")
+    # The same command again finishes at once; another recipe is refused before any member starts.
+    assert train_main(args) == 0
+    assert "final.pt): BLEU" in capsys.readouterr().out
+    assert train_main([*args, "optim.lr=0.01"]) == 2
+    assert capsys.readouterr().err.strip() == (f"seq2seq-train: error: {run}/member_1/checkpoints/last.pt: run_dir holds"
+                                               " a run of another recipe: optim.lr 0.003 -> 0.01; pass resume=true to"
+                                               " continue it with this one, or choose another run_dir")
     # A member that fails stops the run with one line naming its log and its last words.
     assert train_main([*args, f"run_dir={tmp_path / 'bad'}", f"data.path={tmp_path / 'missing'}"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]

@@ -13,6 +13,7 @@ from seq2seq.config import ConfigError
 from seq2seq.data import DataError, load_split
 from train import distributed
 from train.config import TrainConfig, load_config
+from train.progress import translating
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, OSError)  # OSError covers a failed member
 
@@ -28,7 +29,9 @@ def evaluate_on_test(cfg: TrainConfig, checkpoint: Path, device) -> tuple[dict, 
     """Translate the test split with a checkpoint and score it, cased and lowercased."""
     translator = Translator.from_checkpoint(checkpoint, device=str(device))
     test = load_split(cfg.data, cfg.data.test)
-    hyps = [nbest[0][0] for nbest in translator.search(test.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens)]
+    with translating(cfg.data.test, len(test.src)) as progress:
+        found = translator.search(test.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens, progress=progress)
+    hyps = [nbest[0][0] for nbest in found]
     out = Path(cfg.run_dir) / f"{cfg.data.test}.{cfg.data.tgt_lang}.hyp"
     out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     return score(hyps, [test.tgt]), score(hyps, [test.tgt], lowercase=True, with_ter=False)  # TER ignores case anyway
@@ -59,6 +62,8 @@ def train_main(argv: list[str] | None = None) -> int:
         distributed.barrier(env)  # no process tears down its connections while another still uses them
         return 130 if summary["reason"] == "interrupted" else 0
     except USER_ERRORS as err:
+        if isinstance(err, DataError) and str(err).startswith("data."):  # a recipe key: FILE: KEY: message
+            err = DataError(f"{args.config}: {err}")
         return _fail("seq2seq-train", err, args.debug)
     finally:
         if env is not None:

@@ -23,10 +23,12 @@ from tqdm import tqdm
 
 from infer.evaluate import score
 from infer.translator import Translator
-from seq2seq.checkpoint import CheckpointError, ensemble, save_atomic
+from seq2seq.checkpoint import ensemble, load, save_atomic
 from seq2seq.data import load_split
 from train.config import TrainConfig, to_dict
 from train.plot import plot_members
+from train.progress import translating
+from train.trainer import refuse_other_recipe
 
 
 class MemberError(ChildProcessError):
@@ -34,7 +36,8 @@ class MemberError(ChildProcessError):
 
 
 def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
-    """One single-model recipe per member: its own seed and run_dir; resume where it has a run."""
+    """One single-model recipe per member: its own seed and run_dir; resume (with cfg.resume)
+    where it has a run."""
     out = []
     for k in range(1, cfg.members + 1):
         run_dir = Path(cfg.run_dir) / f"member_{k}"
@@ -46,10 +49,10 @@ def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
 def train_members(cfg: TrainConfig, device: str, log: Callable[[str], None] = tqdm.write) -> None:
     """Train every member, then build and validate their ensemble."""
     members = member_configs(cfg)
-    for m in members:
+    for m in members:  # before any member starts, not after some have finished
         last = Path(m.run_dir) / "checkpoints" / "last.pt"
-        if last.exists() and not cfg.resume:  # before any member starts, not after some have finished
-            raise CheckpointError(f"{last}: run_dir already holds a run; pass resume=true to continue it or choose another run_dir")
+        if last.exists() and not cfg.resume:  # a member continues a run of its own recipe only
+            refuse_other_recipe(last, load(last).get("train_config", {}), m)
     for m in members:
         Path(m.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(m.run_dir) / "recipe.yaml").write_text(yaml.safe_dump(to_dict(m), sort_keys=False), encoding="utf-8")
@@ -115,7 +118,9 @@ def _ensemble_and_validate(cfg: TrainConfig, members: list[TrainConfig], device:
     save_atomic({**ensemble(finals), "train_config": to_dict(cfg)}, final)  # evaluate reads its eval.search
     valid = load_split(cfg.data, cfg.data.valid)
     translator = Translator.from_checkpoint(final, device=device)
-    hyps = [nbest[0][0] for nbest in translator.search(valid.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens)]
+    with translating("ensemble validation", len(valid.src)) as progress:
+        found = translator.search(valid.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens, progress=progress)
+    hyps = [nbest[0][0] for nbest in found]
     scores = score(hyps, [valid.tgt], with_ter=False)
     singles = [_best_bleu(Path(m.run_dir) / "metrics.jsonl") for m in members]
     record = {"kind": "valid_ensemble", "members": len(members), "member_best_bleu": singles, **scores,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -49,3 +50,24 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+@contextmanager
+def translating(what: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """progress(n) for translating `total` sentences: a bar on a terminal; in a log file, a line
+    as it starts and one as it ends."""
+    plain = enabled and not sys.stderr.isatty()
+    if plain:
+        print(f"{what}: translating {total:,} sentences", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with tqdm(total=total, disable=not enabled or plain, dynamic_ncols=True, unit="sent", desc=what, leave=False) as bar:
+        yield bar.update
+    if plain:
+        print(f"{what}: {total:,} sentences in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def duration(seconds: float) -> str:
+    """A rough human duration: 45 s, 3.5 min, 1.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import signal
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,8 +34,11 @@ from train.config import TrainConfig, to_dict
 from train.data import clean_training, encode, make_batch, read_splits
 from train.loss import cross_entropy_sum, objective
 from train.plot import plot_metrics
-from train.progress import Progress
+from train.progress import Progress, duration, translating
 from train.schedule import make_scheduler
+
+
+ESTIMATE_AFTER = 10  # updates timed before the run says how long the rest will take
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -96,14 +100,17 @@ class Trainer:
             self.log(message)
 
     def _resume_checkpoint(self) -> dict | None:
+        """last.pt to continue from: with resume=true, or when it is a run of this same recipe
+        (re-running a command continues it); None for a fresh run."""
         last = self.ckpt_dir / "last.pt"
-        if not self.cfg.resume:
-            if last.exists():
-                raise CheckpointError(f"{last}: run_dir already holds a run; pass resume=true to continue it or choose another run_dir")
-            return None
         if not last.exists():
-            raise CheckpointError(f"{last}: no checkpoint to resume from")
-        return load(last, map_location=self.device)
+            if self.cfg.resume:
+                raise CheckpointError(f"{last}: no checkpoint to resume from")
+            return None
+        ckpt = load(last, map_location=self.device)
+        if not self.cfg.resume:
+            refuse_other_recipe(last, ckpt.get("train_config", {}), self.cfg)
+        return ckpt
 
     def _train_vocab(self, corpus) -> Vocabularies:
         path = self.run_dir / "vocab.json"
@@ -142,7 +149,7 @@ class Trainer:
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if "cuda" in ckpt["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), self.device)
-        self._info(f"resumed from step {self.step} (epoch {self.epoch}, batch {self.position})")
+        self._info(f"continuing the run in {self.run_dir} from step {self.step} (epoch {self.epoch}, batch {self.position})")
 
     def save_checkpoint(self, is_best: bool = False) -> None:
         """step_N.pt, with last.pt (and best.pt) as links to it; older step files pruned."""
@@ -225,7 +232,10 @@ class Trainer:
             n_tokens += int((tgt_out != mc.pad_id).sum())
         # The same path as seq2seq-translate, so validation BLEU is what users will get.
         translator = Translator(model, self.vocab, str(self.device), "fp32")  # the weights being trained, left as they are
-        hyps = [nbest[0][0] for nbest in translator.search(self.valid_raw.src, self.cfg.eval.search, max_tokens=self.cfg.eval.max_tokens)]
+        with translating("validation", len(self.valid_raw.src)) as progress:
+            found = translator.search(self.valid_raw.src, self.cfg.eval.search, max_tokens=self.cfg.eval.max_tokens,
+                                      progress=progress)
+        hyps = [nbest[0][0] for nbest in found]
         scores = score(hyps, [self.valid_raw.tgt])
         lower = score(hyps, [self.valid_raw.tgt], lowercase=True, with_ter=False)  # comparable to papers that lowercase; TER ignores case anyway
         return {"valid_loss": nll / n_tokens, "valid_ppl": math.exp(min(nll / n_tokens, 50)), **scores,
@@ -235,6 +245,7 @@ class Trainer:
         """Validate on rank 0, checkpoint, and return whether patience ran out (on all ranks)."""
         stop = False
         if self.env.is_main:
+            start = time.perf_counter()
             metrics = self.validate()
             is_best = metrics["bleu"] > self.best_bleu
             if is_best:
@@ -243,7 +254,8 @@ class Trainer:
                 self.bad_validations += 1
             self._append_metrics({"kind": "valid", "step": self.step, **metrics, "best_bleu": self.best_bleu})
             self.log(f"step {self.step}: valid loss {metrics['valid_loss']:.3f} ppl {metrics['valid_ppl']:.2f} "
-                     f"BLEU {metrics['bleu']:.2f} chrF {metrics['chrf']:.2f} (best {self.best_bleu:.2f})")
+                     f"BLEU {metrics['bleu']:.2f} chrF {metrics['chrf']:.2f} (best {self.best_bleu:.2f}; "
+                     f"{duration(time.perf_counter() - start)})")
             self.save_checkpoint(is_best)
             plot_metrics(self.metrics_path, self.run_dir / "curves.png")
             stop = 0 < self.cfg.eval.patience <= self.bad_validations
@@ -284,14 +296,27 @@ class Trainer:
     def _interrupted(self) -> bool:
         return distributed.all_sum(self.env, float(self._stop_requested), self.device) > 0
 
+    def _estimate(self, seconds: float) -> None:
+        """Say roughly how long the rest of the run takes, from the updates timed so far."""
+        o, every = self.cfg.optim, self.cfg.eval.every
+        left = o.max_steps - self.step
+        validations = o.max_steps // every - self.step // every + (o.max_steps % every > 0)
+        self._info(f"estimate: about {duration(seconds / ESTIMATE_AFTER * left)} for the other {left} updates at this "
+                   f"speed, plus {validations} validation{'s' * (validations != 1)} ({len(self.valid_raw.src):,} sentences "
+                   "each) and the test set")
+
     def train(self) -> dict:
         """Train until max_steps, max_epochs, patience or Ctrl-C; returns a summary."""
         o, per_update = self.cfg.optim, self.env.world_size * self.cfg.optim.accum_steps
+        if self.step >= o.max_steps and (self.ckpt_dir / "final.pt").exists():
+            self._info(f"already trained to step {self.step}: {self.ckpt_dir / 'final.pt'}")
+            return {"reason": "done", "step": self.step, "epoch": self.epoch, "best_bleu": self.best_bleu}
         previous_handler = signal.signal(signal.SIGINT, self._request_stop)
         plan = self.plan(self.epoch)
         progress = Progress(o.max_steps, self.step, self.env.is_main, self._append_metrics,
                             reduce=lambda loss: distributed.all_sum(self.env, float(loss), self.device))
         reason, validated_at = "max_steps", self.step
+        first, started = self.step, time.perf_counter()
         try:
             while self.step < o.max_steps:
                 if self.position + per_update > len(plan):  # epoch over; a short tail is left out
@@ -306,12 +331,15 @@ class Trainer:
                 loss_sum = self.update(mine, n_tokens)
                 self.step, self.position = self.step + 1, self.position + per_update
                 progress.update(self.step, self.epoch, loss_sum, n_tokens, self.scheduler.get_last_lr()[0])
+                if self.step == first + ESTIMATE_AFTER and self.step < o.max_steps:
+                    self._estimate(time.perf_counter() - started)
                 if self.step % self.cfg.eval.every == 0:
-                    validated_at = self.step
+                    validated_at, paused = self.step, time.perf_counter()
                     if self._validate_and_save():
                         reason = "patience"
                         break
                     progress.restart_window()
+                    started += time.perf_counter() - paused  # the estimate times updates only
                 if self._interrupted():
                     reason = "interrupted"
                     break
@@ -328,6 +356,35 @@ class Trainer:
                 self._choose_final()
             plot_metrics(self.metrics_path, self.run_dir / "curves.png")
         return {"reason": reason, "step": self.step, "epoch": self.epoch, "best_bleu": self.best_bleu}
+
+
+def recipe_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The dotted keys where a run's saved recipe and cfg differ (resume aside)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(saved), flat(to_dict(cfg))
+    return [k for k in sorted(a.keys() | b.keys()) if k != "resume" and a.get(k) != b.get(k)]
+
+
+def refuse_other_recipe(last: Path, saved: dict, cfg: TrainConfig) -> None:
+    """Raise unless the run whose last.pt this is was trained with cfg's recipe."""
+    differ = recipe_differences(saved, cfg)
+    if differ:
+        now = to_dict(cfg)
+        shown = ", ".join(f"{k} {_flat_get(saved, k)!r} -> {_flat_get(now, k)!r}" for k in differ[:3])
+        shown += " ..." if len(differ) > 3 else ""
+        raise CheckpointError(f"{last}: run_dir holds a run of another recipe: {shown}; pass resume=true to continue "
+                              "it with this one, or choose another run_dir")
+
+
+def _flat_get(d: dict, dotted: str):
+    for key in dotted.split("."):
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
 
 
 def _link_atomic(target: Path, link: Path) -> None:

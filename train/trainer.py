@@ -38,7 +38,8 @@ from train.progress import Progress, duration, translating
 from train.schedule import make_scheduler
 
 
-ESTIMATE_AFTER = 10  # updates timed before the run says how long the rest will take
+ESTIMATE_AFTER = 30  # updates before the run says how long the rest will take, timing all but the first
+ESTIMATE_SKIP = 10  # ... these, slower while kernels are picked and memory allocated
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -296,12 +297,12 @@ class Trainer:
     def _interrupted(self) -> bool:
         return distributed.all_sum(self.env, float(self._stop_requested), self.device) > 0
 
-    def _estimate(self, seconds: float) -> None:
-        """Say roughly how long the rest of the run takes, from the updates timed so far."""
+    def _estimate(self, per_update: float) -> None:
+        """Say roughly how long the rest of the run takes, at per_update seconds an update."""
         o, every = self.cfg.optim, self.cfg.eval.every
         left = o.max_steps - self.step
         validations = o.max_steps // every - self.step // every + (o.max_steps % every > 0)
-        self._info(f"estimate: about {duration(seconds / ESTIMATE_AFTER * left)} for the other {left} updates at this "
+        self._info(f"estimate: about {duration(per_update * left)} for the other {left} updates at this "
                    f"speed, plus {validations} validation{'s' * (validations != 1)} ({len(self.valid_raw.src):,} sentences "
                    "each) and the test set")
 
@@ -331,8 +332,10 @@ class Trainer:
                 loss_sum = self.update(mine, n_tokens)
                 self.step, self.position = self.step + 1, self.position + per_update
                 progress.update(self.step, self.epoch, loss_sum, n_tokens, self.scheduler.get_last_lr()[0])
+                if self.step == first + ESTIMATE_SKIP:
+                    started = time.perf_counter()
                 if self.step == first + ESTIMATE_AFTER and self.step < o.max_steps:
-                    self._estimate(time.perf_counter() - started)
+                    self._estimate((time.perf_counter() - started) / (ESTIMATE_AFTER - ESTIMATE_SKIP))
                 if self.step % self.cfg.eval.every == 0:
                     validated_at, paused = self.step, time.perf_counter()
                     if self._validate_and_save():

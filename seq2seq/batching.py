@@ -8,27 +8,41 @@ from __future__ import annotations
 import torch
 
 
-def batch_plan(src_lens: list[int], tgt_lens: list[int], max_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+def batch_plan(src_lens, tgt_lens, max_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
     """Partition sentence indices into batches of at most max_tokens padded tokens.
 
     Sentences are ordered by length (ties broken randomly when shuffling), cut greedily into
     batches, and the batches shuffled. Every index appears in exactly one batch; a sentence
-    longer than max_tokens gets a batch of its own.
+    longer than max_tokens gets a batch of its own. Lengths are sequences or arrays of ints;
+    the work is array operations and one binary search per batch, so millions of sentences plan
+    in seconds.
     """
-    n = len(src_lens)
+    src = torch.as_tensor(src_lens, dtype=torch.long)
+    tgt = torch.as_tensor(tgt_lens, dtype=torch.long)
+    n = src.numel()
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    tiebreak = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
-    order = sorted(range(n), key=lambda i: (max(src_lens[i], tgt_lens[i]), src_lens[i], tiebreak[i]))
-    batches, current, longest = [], [], 0
-    for i in order:
-        width = max(longest, src_lens[i], tgt_lens[i])
-        if current and width * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, width = [], max(src_lens[i], tgt_lens[i])
-        current.append(i)
-        longest = width
-    if current:
-        batches.append(current)
+    tiebreak = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    width = torch.maximum(src, tgt)
+    # Sort by (width, source length, tiebreak): stable sorts from the last key to the first.
+    order = torch.argsort(tiebreak, stable=True)
+    order = order[torch.argsort(src[order], stable=True)]
+    order = order[torch.argsort(width[order], stable=True)]
+    widths = width[order].tolist()
+    # Widths ascend, so a batch from `start` costs widths[end - 1] * (end - start), which grows
+    # with end: its last sentence is the last end that fits.
+    bounds, start = [0], 0
+    while start < n:
+        lo, hi = start + 1, n  # lo always fits: a sentence alone is a batch, however long
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if widths[mid - 1] * (mid - start) <= max_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        bounds.append(lo)
+        start = lo
+    flat = order.tolist()
+    batches = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
     if shuffle:
         batches = [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
     return batches

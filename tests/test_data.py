@@ -123,6 +123,31 @@ def test_batch_plan_holds_every_sentence_once_within_budget():
         assert len(b) == 1 or len(b) * max(max(src[i], tgt[i]) for i in b) <= 300
 
 
+def test_batch_plan_is_the_greedy_cut_of_the_length_order():
+    """The plan equals the plain greedy algorithm it implements with arrays: sort by (width,
+    source length, a seeded tiebreak), add sentences while rows x width fits, shuffle batches."""
+    import torch
+
+    def greedy(src, tgt, max_tokens, seed, epoch):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        tiebreak = torch.randperm(len(src), generator=g).tolist()
+        order = sorted(range(len(src)), key=lambda i: (max(src[i], tgt[i]), src[i], tiebreak[i]))
+        batches, current = [], []
+        for i in order:
+            if current and max(src[i], tgt[i]) * (len(current) + 1) > max_tokens:
+                batches.append(current)
+                current = []
+            current.append(i)
+        batches.append(current)
+        return [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
+
+    rng = random.Random(5)
+    src = [rng.randint(1, 40) for _ in range(3000)] + [700]  # one longer than the budget
+    tgt = [max(1, s + rng.randint(-5, 5)) for s in src]
+    for max_tokens, seed, epoch in [(300, 3, 0), (300, 3, 1), (64, 1, 0), (5000, 2, 7)]:
+        assert batch_plan(src, tgt, max_tokens, seed, epoch) == greedy(src, tgt, max_tokens, seed, epoch)
+
+
 def test_batch_plan_is_deterministic_and_reshuffled_per_epoch():
     src, tgt = _lengths()
     assert batch_plan(src, tgt, 300, seed=3, epoch=0) == batch_plan(src, tgt, 300, seed=3, epoch=0)

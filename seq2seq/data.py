@@ -1,18 +1,21 @@
 """Parallel corpora: reading (plain text pairs, TSV, JSONL, Hugging Face datasets) and cleaning.
 
-Errors are DataError with one line naming the file and line. Plain text and TSV are read here
-so that a line is exactly one newline-terminated line (datasets' text reader also splits at
-Unicode line separators, which would misalign parallel files); JSONL and hub datasets go
-through `datasets`.
+Every format is read as a stream of chunks (stream_split), so a corpus larger than memory goes
+through in pieces; load_split gathers a small split whole. Errors are DataError with one line
+naming the file and line. Lines split at "\n" only (datasets' text reader also splits at Unicode
+line separators, which would misalign parallel files); hub datasets come through `datasets`.
 """
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 FORMATS = ("text", "tsv", "jsonl", "hf")
+CHUNK = 100_000  # pairs a stream hands over at a time
 
 
 class DataError(ValueError):
@@ -72,29 +75,26 @@ def decode_lines(data: bytes, name: str, replace_invalid: bool = False, first_li
 
 def read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file (optionally .gz); errors name the file and line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a file") from None
-    except (OSError, EOFError) as err:  # a truncated or corrupt .gz
-        raise DataError(f"{path}: cannot read: {err}") from None
-    return decode_lines(data, str(path))
-
-
-def _text_file(folder: Path, split: str, lang: str) -> Path:
-    """{split}.{lang}, or {split}.{lang}.gz when only that exists."""
-    plain, zipped = folder / f"{split}.{lang}", folder / f"{split}.{lang}.gz"
-    return zipped if zipped.exists() and not plain.exists() else plain
+    return list(_lines(path))
 
 
 def load_split(cfg: DataConfig, split: str) -> Parallel:
-    """Read one split of the corpus described by cfg."""
+    """Read one split of the corpus described by cfg, whole (validation and test splits)."""
+    name, chunks = stream_split(cfg, split, streaming=False)
+    src, tgt = [], []
+    for s, t in chunks:
+        src += s
+        tgt += t
+    return Parallel(src, tgt, name)
+
+
+def stream_split(cfg: DataConfig, split: str, chunk: int = CHUNK,
+                 streaming: bool = True) -> tuple[str, Iterator[tuple[list[str], list[str]]]]:
+    """(name, chunks of up to `chunk` pairs as (sources, targets)) of one split, read as a stream,
+    so that a corpus larger than memory goes through in pieces. Files are checked before the
+    first chunk; a hub dataset is streamed unless streaming=False (then cached by datasets)."""
     if cfg.format == "hf":
-        return _load_hub(cfg, split)
+        return f"{cfg.path}[{split}]", _chunks(_hub_pairs(cfg, split, streaming), chunk)
     folder = Path(cfg.path)
     if not folder.is_dir():
         raise DataError(f"data.path: {cfg.path}: no such folder (looked for {folder.resolve()}); set data.path=DIR, "
@@ -105,13 +105,27 @@ def load_split(cfg: DataConfig, split: str) -> Parallel:
             if not path.exists():
                 raise DataError(f"{path}: no such file, nor {path.name}.gz (data.path={cfg.path}; names come from the "
                                 "split keys data.train/valid/test and data.src_lang/tgt_lang)")
-        src, tgt = read_lines(src_path), read_lines(tgt_path)
-        if len(src) != len(tgt):
-            raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
-        return Parallel(src, tgt, f"{folder / split}.{{{cfg.src_lang},{cfg.tgt_lang}}}")
-    if cfg.format == "tsv":
-        return _read_tsv(folder / f"{split}.tsv")
-    return _read_jsonl(folder / f"{split}.jsonl", cfg)
+        return f"{folder / split}.{{{cfg.src_lang},{cfg.tgt_lang}}}", _chunks(_text_pairs(src_path, tgt_path), chunk)
+    path = folder / f"{split}.{cfg.format}"
+    _check_file(path)
+    pairs = _tsv_pairs(path) if cfg.format == "tsv" else _jsonl_pairs(path, cfg)
+    return str(path), _chunks(pairs, chunk)
+
+
+def split_files(cfg: DataConfig, split: str) -> list[Path]:
+    """The local files a split is read from (none for a hub dataset)."""
+    if cfg.format == "hf":
+        return []
+    folder = Path(cfg.path)
+    if cfg.format == "text":
+        return [_text_file(folder, split, cfg.src_lang), _text_file(folder, split, cfg.tgt_lang)]
+    return [folder / f"{split}.{cfg.format}"]
+
+
+def _text_file(folder: Path, split: str, lang: str) -> Path:
+    """{split}.{lang}, or {split}.{lang}.gz when only that exists."""
+    plain, zipped = folder / f"{split}.{lang}", folder / f"{split}.{lang}.gz"
+    return zipped if zipped.exists() and not plain.exists() else plain
 
 
 def _expected(cfg: DataConfig, split: str) -> str:
@@ -120,65 +134,81 @@ def _expected(cfg: DataConfig, split: str) -> str:
     return f"{split}.{cfg.format}"
 
 
-def _read_tsv(path: Path) -> Parallel:
-    src, tgt = [], []
-    for number, line in enumerate(read_lines(path), 1):
+def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[tuple[list[str], list[str]]]:
+    while block := list(itertools.islice(pairs, size)):
+        yield [p[0] for p in block], [p[1] for p in block]
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """A UTF-8 file's lines (optionally .gz), split at "\n" only, as decode_lines splits; errors
+    name the file and line."""
+    _check_file(path)
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                raw = raw[:-1] if raw.endswith(b"\n") else raw
+                raw = raw[:-1] if raw.endswith(b"\r") else raw
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as err:  # a truncated or corrupt .gz
+        raise DataError(f"{path}: cannot read: {err}") from None
+
+
+def _text_pairs(src_path: Path, tgt_path: Path) -> Iterator[tuple[str, str]]:
+    for src, tgt in itertools.zip_longest(_lines(src_path), _lines(tgt_path)):
+        if src is None or tgt is None:  # count both, to say by how much they differ
+            counts = [sum(1 for _ in _lines(p)) for p in (src_path, tgt_path)]
+            raise DataError(f"{src_path} has {counts[0]} lines but {tgt_path} has {counts[1]}")
+        yield src, tgt
+
+
+def _tsv_pairs(path: Path) -> Iterator[tuple[str, str]]:
+    for number, line in enumerate(_lines(path), 1):
         fields = line.split("\t")
         if len(fields) != 2:
             raise DataError(f"{path}:{number}: expected 2 tab-separated fields, found {len(fields)}")
-        src.append(fields[0])
-        tgt.append(fields[1])
-    return Parallel(src, tgt, str(path))
+        yield fields[0], fields[1]
 
 
-def _pair_from_record(record: dict, cfg: DataConfig) -> tuple[str, str] | None:
-    """Fields `{src_lang}`/`{tgt_lang}`, or nested under `translation` (Hugging Face style)."""
-    # datasets gives every record every column seen in the file: absent ones are None.
-    fields = (record.get("translation") or record) if isinstance(record, dict) else None
-    if not isinstance(fields, dict):
-        return None
-    src, tgt = fields.get(cfg.src_lang), fields.get(cfg.tgt_lang)
-    return (src, tgt) if isinstance(src, str) and isinstance(tgt, str) else None
+def _jsonl_pairs(path: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
+    for number, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+        yield _pair_from_record(record, cfg, f"{path}:{number}")
 
 
-def _read_jsonl(path: Path, cfg: DataConfig) -> Parallel:
-    import datasets  # deferred: slow to import, and only these formats need it
-
-    datasets.disable_progress_bars()
-    read_lines(path)  # clear errors for a missing file or bad UTF-8 before datasets sees it
-    try:
-        table = datasets.Dataset.from_json(str(path), keep_in_memory=True)
-    except Exception:  # datasets names neither line nor cause: find the bad line ourselves
-        for number, line in enumerate(read_lines(path), 1):
-            if line.strip():
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-        raise DataError(f"{path}: not a JSON-lines file with one object per line") from None
-    return _from_records(table, cfg, str(path))
-
-
-def _load_hub(cfg: DataConfig, split: str) -> Parallel:
-    import datasets
+def _hub_pairs(cfg: DataConfig, split: str, streaming: bool) -> Iterator[tuple[str, str]]:
+    import datasets  # deferred: slow to import, and only the hub format needs it
 
     datasets.disable_progress_bars()
     try:
-        table = datasets.load_dataset(cfg.path, cfg.hf_config or None, split=split)
+        table = datasets.load_dataset(cfg.path, cfg.hf_config or None, split=split, streaming=streaming)
     except Exception as err:  # network, unknown name or split: say which
         raise DataError(f"dataset {cfg.path!r} split {split!r}: {str(err).splitlines()[0]}") from None
-    return _from_records(table, cfg, f"{cfg.path}[{split}]")
-
-
-def _from_records(table, cfg: DataConfig, name: str) -> Parallel:
-    src, tgt = [], []
     for number, record in enumerate(table, 1):
-        pair = _pair_from_record(record, cfg)
-        if pair is None:
-            raise DataError(f"{name}:{number}: no string fields {cfg.src_lang!r} and {cfg.tgt_lang!r}")
-        src.append(pair[0])
-        tgt.append(pair[1])
-    return Parallel(src, tgt, name)
+        yield _pair_from_record(record, cfg, f"{cfg.path}[{split}]:{number}")
+
+
+def _pair_from_record(record, cfg: DataConfig, where: str) -> tuple[str, str]:
+    """Fields `{src_lang}`/`{tgt_lang}`, or nested under `translation` (Hugging Face style)."""
+    fields = (record.get("translation") or record) if isinstance(record, dict) else None
+    pair = (fields.get(cfg.src_lang), fields.get(cfg.tgt_lang)) if isinstance(fields, dict) else (None, None)
+    if not (isinstance(pair[0], str) and isinstance(pair[1], str)):
+        raise DataError(f"{where}: no string fields {cfg.src_lang!r} and {cfg.tgt_lang!r}")
+    return pair
 
 
 def clean_indices(src_lens: list[int], tgt_lens: list[int], max_len: int, max_ratio: float) -> tuple[list[int], dict]:

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from seq2seq.batching import batch_plan, pad
-from seq2seq.data import DataConfig, DataError, clean_indices, load_split, read_lines
+from seq2seq.data import DataConfig, DataError, clean_indices, load_split, read_lines, stream_split
 from seq2seq.tokenizer import SPECIALS, Vocabularies, VocabConfig
 from train.data import Encoded, make_batch
 
@@ -28,6 +28,21 @@ def test_tsv_and_jsonl_read_the_same_pairs(tmp_path, multi30k_slice):
     for fmt in ("tsv", "jsonl"):
         got = load_split(DataConfig(path=str(tmp_path), format=fmt), "val")
         assert (got.src, got.tgt) == (ref.src, ref.tgt), fmt
+
+
+@pytest.mark.parametrize("fmt", ["text", "tsv", "jsonl"])
+def test_a_stream_gives_the_split_in_chunks(tmp_path, multi30k_slice, fmt):
+    ref = load_split(DataConfig(path=str(multi30k_slice)), "val")
+    if fmt == "tsv":
+        (tmp_path / "val.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(ref.src, ref.tgt)), encoding="utf-8")
+    elif fmt == "jsonl":
+        (tmp_path / "val.jsonl").write_text("".join(json.dumps({"de": s, "en": t}) + "\n" for s, t in zip(ref.src, ref.tgt)),
+                                            encoding="utf-8")
+    folder = multi30k_slice if fmt == "text" else tmp_path
+    name, chunks = stream_split(DataConfig(path=str(folder), format=fmt), "val", chunk=6)
+    chunks = list(chunks)
+    assert [len(s) for s, _ in chunks] == [6, 6, 6, 2] and all(len(s) == len(t) for s, t in chunks)
+    assert [p for s, t in chunks for p in zip(s, t)] == list(zip(ref.src, ref.tgt))
 
 
 def test_empty_lines_are_kept_in_place(tmp_path):
@@ -196,5 +211,7 @@ def test_hf_format_goes_through_datasets_load_dataset(tmp_path, multi30k_slice):
                 f.write(json.dumps({"translation": {"de": s, "en": t}}, ensure_ascii=False) + "\n")
     got = load_split(DataConfig(path=str(folder), format="hf", valid="validation"), "validation")
     assert (got.src, got.tgt) == (ref.src, ref.tgt)
+    _, chunks = stream_split(DataConfig(path=str(folder), format="hf"), "validation", chunk=7)  # streamed
+    assert [p for s, t in chunks for p in zip(s, t)] == list(zip(ref.src, ref.tgt))
     with pytest.raises(DataError, match="split 'nonexistent'"):
         load_split(DataConfig(path=str(folder), format="hf"), "nonexistent")

@@ -56,7 +56,7 @@ def main() -> None:
         per_update = cfg.optim.accum_steps
         needed = (args.warmup + args.updates) * per_update
         plan = (plan * (needed // len(plan) + 1))[:needed]
-        data, mc = trainer.train_data, trainer.model_cfg
+        (src_side, tgt_side), mc = trainer.train_sides, trainer.model_cfg
         sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
         tokens = tgt_tokens = flops = 0
         for u in range(args.warmup + args.updates):
@@ -68,9 +68,9 @@ def main() -> None:
             trainer.update(batches, n_tgt)
             if u >= args.warmup:
                 tgt_tokens += n_tgt
-                tokens += n_tgt + sum(len(data.src[i]) for b in batches for i in b)
+                tokens += n_tgt + sum(int(src_side.lengths[b].sum()) for b in batches)
                 for b in batches:
-                    src_lens, tgt_lens = [len(data.src[i]) for i in b], [len(data.tgt[i]) for i in b]
+                    src_lens, tgt_lens = src_side.lengths[b].tolist(), tgt_side.lengths[b].tolist()
                     flops += 3 * forward_flops(mc, src_lens, tgt_lens, max(src_lens), max(tgt_lens))
         sync()
         seconds = time.perf_counter() - start

@@ -34,6 +34,7 @@ class DataConfig:
     test: str = "test_2016_flickr"
     max_len: int = 128  # training pairs with more subword tokens on either side are dropped
     max_ratio: float = 3.0  # ... and pairs whose token counts differ by more than this factor
+    prepared: str = ""  # folder of prepared training sets; "": $SEQ2SEQ_CACHE_DIR/prepared, else ~/.cache/seq2seq/prepared
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

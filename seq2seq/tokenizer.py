@@ -24,12 +24,15 @@ class VocabConfig:
     joint: bool = True  # one vocabulary for both languages (allows shared embeddings)
     normalization: str = "nfc"  # Unicode normalisation applied before encoding
     min_frequency: int = 2  # BPE: merges seen fewer times are not learned
+    sample: int = 1_000_000  # pairs, drawn uniformly from the training split, the vocabulary learns from; 0: all
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r}: expected one of {KINDS}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization={self.normalization!r}: expected one of {NORMALIZATIONS}")
+        if self.sample < 0:
+            raise ValueError(f"sample={self.sample} must be 0 (all pairs) or more")
         if self.size < len(SPECIALS) + 256:
             raise ValueError(f"size={self.size} must leave room for 256 byte pieces and the special tokens")
 

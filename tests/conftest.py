@@ -69,6 +69,21 @@ def write_slice(folder: Path, sizes=None) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prepared_cache(tmp_path_factory):
+    """Prepared training sets go to a folder of this test session, not the user's cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("seq2seq-cache")
+    old = os.environ.get("SEQ2SEQ_CACHE_DIR")
+    os.environ["SEQ2SEQ_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("SEQ2SEQ_CACHE_DIR", None)
+    else:
+        os.environ["SEQ2SEQ_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def multi30k_slice(tmp_path_factory) -> Path:
     return write_slice(tmp_path_factory.mktemp("multi30k"))

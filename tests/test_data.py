@@ -193,7 +193,7 @@ def test_training_batches_are_the_padded_rows_and_the_shifted_target():
                   [[rng.randint(4, 99) for _ in range(n - 1)] + [eos] for n in tgt])
     assert min(tgt) == 1  # a row that is only EOS: its decoder input is BOS alone
     for rows in ([0], [3, 1, 4, 1, 5, 9], list(range(60))[::-1]):
-        got = make_batch(enc, rows, pad_id, bos)
+        got = make_batch(*enc.sides, rows, pad_id, bos)
         want = (pad([enc.src[i] for i in rows], pad_id), pad([[bos] + enc.tgt[i][:-1] for i in rows], pad_id),
                 pad([enc.tgt[i] for i in rows], pad_id))
         for g, w in zip(got, want):

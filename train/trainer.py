@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -26,12 +27,13 @@ from infer.evaluate import score
 from infer.translator import Translator
 from seq2seq.batching import batch_plan
 from seq2seq.checkpoint import CheckpointError, average, inference_state, load, save_atomic
+from seq2seq.data import load_split
 from seq2seq import speed
 from seq2seq.model import Transformer
-from seq2seq.tokenizer import Vocabularies
 from train import distributed
 from train.config import TrainConfig, to_dict
-from train.data import clean_training, encode, make_batch, read_splits
+from train.data import encode, make_batch
+from train.prepare import ensure_prepared
 from train.loss import cross_entropy_sum, objective
 from train.plot import plot_metrics
 from train.progress import Progress, duration, translating
@@ -63,14 +65,20 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         resume = self._resume_checkpoint()
 
-        train_raw, self.valid_raw = read_splits(cfg.data)
-        self.vocab = Vocabularies.from_dict(resume["vocab"]) if resume else self._train_vocab(train_raw)
+        prepared = ensure_prepared(cfg.data, cfg.vocab, cfg.model.eos_id, self._info)
+        self.vocab = prepared.vocab
+        if resume and resume["vocab"] != prepared.vocab.to_dict():
+            raise CheckpointError(f"{self.ckpt_dir / 'last.pt'}: its vocabulary differs from the prepared data's "
+                                  f"({prepared.folder}); was the training data changed?")
+        self._keep_vocab(prepared)
         self.model_cfg = dataclasses.replace(
             cfg.model, src_vocab_size=self.vocab.src.vocab_size, tgt_vocab_size=self.vocab.tgt.vocab_size
         )
-        self.train_data, dropped = clean_training(encode(self.vocab, train_raw, self.model_cfg.eos_id), cfg.data)
+        self.train_sides = (prepared.src, prepared.tgt)
+        self.valid_raw = load_split(cfg.data, cfg.data.valid)
         self.valid_data = encode(self.vocab, self.valid_raw, self.model_cfg.eos_id, self.model_cfg.max_positions - 1)
-        self._info(f"train: {len(train_raw)} pairs from {train_raw.name}, kept {len(self.train_data.src)}, dropped {dropped}")
+        meta = prepared.meta
+        self._info(f"train: {meta['read']} pairs from {meta['name']}, kept {meta['pairs']}, dropped {meta['dropped']}")
         self._info(f"valid: {len(self.valid_raw)} pairs from {self.valid_raw.name}")
 
         torch.manual_seed(cfg.seed)
@@ -113,16 +121,13 @@ class Trainer:
             refuse_other_recipe(last, ckpt.get("train_config", {}), self.cfg)
         return ckpt
 
-    def _train_vocab(self, corpus) -> Vocabularies:
-        path = self.run_dir / "vocab.json"
+    def _keep_vocab(self, prepared) -> None:
+        """run_dir/vocab.json: the vocabularies beside the run, for the user (checkpoints carry them too)."""
         if self.env.is_main:
-            vocab = Vocabularies.train(corpus.src, corpus.tgt, self.cfg.vocab)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(vocab.to_dict()))
-            os.replace(tmp, path)
-        distributed.barrier(self.env)  # the other processes read what rank 0 trained
-        return vocab if self.env.is_main else Vocabularies.from_dict(json.loads(path.read_text()))
+            tmp = self.run_dir / "vocab.json.tmp"
+            shutil.copyfile(prepared.folder / "vocab.json", tmp)
+            os.replace(tmp, self.run_dir / "vocab.json")
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -170,12 +175,12 @@ class Trainer:
     # -- one update ---------------------------------------------------------------------------
 
     def plan(self, epoch: int) -> list[list[int]]:
-        src_lens, tgt_lens = self.train_data.lengths()
-        return batch_plan(src_lens, tgt_lens, self.cfg.optim.max_tokens, self.cfg.seed, epoch)
+        src, tgt = self.train_sides
+        return batch_plan(src.lengths, tgt.lengths, self.cfg.optim.max_tokens, self.cfg.seed, epoch)
 
     def target_tokens(self, batches: list[list[int]]) -> int:
         """Target tokens (EOS included) in these batches: what an update's loss is divided by."""
-        return sum(len(self.train_data.tgt[i]) for b in batches for i in b)
+        return int(sum(self.train_sides[1].lengths[b].sum() for b in batches))
 
     def update(self, batches: list[list[int]], n_tokens: int) -> torch.Tensor:
         """One optimizer step over this process's micro-batches; returns the summed cross-entropy
@@ -186,7 +191,7 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         total = torch.zeros((), device=self.device)
         for j, indices in enumerate(batches):
-            src, tgt_in, tgt_out = (self._to_device(t) for t in make_batch(self.train_data, indices, mc.pad_id, mc.bos_id))
+            src, tgt_in, tgt_out = (self._to_device(t) for t in make_batch(*self.train_sides, indices, mc.pad_id, mc.bos_id))
             # Only the last micro-batch of an update all-reduces gradients.
             sync = self.ddp.no_sync() if self.ddp is not None and j < len(batches) - 1 else nullcontext()
             with sync:
@@ -224,10 +229,10 @@ class Trainer:
         """Validation NLL per target token, and BLEU of the project's cached beam search."""
         model = self.eval_model.eval()
         mc = self.model_cfg
-        src_lens, tgt_lens = self.valid_data.lengths()
+        sides = self.valid_data.sides
         nll, n_tokens = 0.0, 0
-        for indices in batch_plan(src_lens, tgt_lens, self.cfg.optim.max_tokens, 0, 0, shuffle=False):
-            src, tgt_in, tgt_out = (t.to(self.device) for t in make_batch(self.valid_data, indices, mc.pad_id, mc.bos_id))
+        for indices in batch_plan(sides[0].lengths, sides[1].lengths, self.cfg.optim.max_tokens, 0, 0, shuffle=False):
+            src, tgt_in, tgt_out = (t.to(self.device) for t in make_batch(*sides, indices, mc.pad_id, mc.bos_id))
             logits = model(src, tgt_in)
             nll += cross_entropy_sum(logits, tgt_out, mc.pad_id, 0.0).item()
             n_tokens += int((tgt_out != mc.pad_id).sum())

@@ -172,3 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = prepared.meta
     print(f"{prepared.folder}: {meta['pairs']:,} pairs of {meta['read']:,} from {meta['name']}, dropped {meta['dropped']}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,6 +26,7 @@ class Progress:
         self.plain = enabled and not sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=initial, disable=not enabled or self.plain, dynamic_ncols=True, unit="upd")
         self.enabled, self.record, self.reduce, self.every, self.total = enabled, record, reduce, every, total
+        self.first = initial + 1  # this process's first update: shown, as at step 1
         self.loss, self.tokens = 0.0, 0  # since the last record
         self.restart_window()
 
@@ -37,13 +38,13 @@ class Progress:
         self.window_tokens += n_tokens
         self.loss, self.tokens = self.loss + loss_sum, self.tokens + n_tokens
         self.bar.update(1)
-        if step % self.every == 0 or step == 1:
+        if step % self.every == 0 or step == self.first:
             loss = self.reduce(self.loss) / self.tokens
             tokens_per_s = self.window_tokens / (time.perf_counter() - self.window_start)
             if self.enabled:
                 self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", ep=epoch)
                 self.record({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
-            if self.plain and (step % (10 * self.every) == 0 or step == 1):
+            if self.plain and (step % (10 * self.every) == 0 or step == self.first):
                 print(f"step {step}/{self.total}: loss {loss:.3f}, lr {lr:.2e}, {tokens_per_s:,.0f} target tokens/s, "
                       f"epoch {epoch}", file=sys.stderr, flush=True)
             self.loss, self.tokens = 0.0, 0

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,8 @@ def main() -> None:
         write_corpus(corpus, args.pairs, args.types, log=log)
     result["corpus_s"] = round(time.perf_counter() - start, 1)
     result["corpus_gz_mib"] = round(sum(f.stat().st_size for f in corpus.glob("train.*")) / 2**20)
+    for old in ("prepared", "run"):  # a corpus is kept for later runs of the benchmark, nothing else
+        shutil.rmtree(work / old, ignore_errors=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     data = [f"data.path={corpus}", f"data.prepared={work / 'prepared'}"]
 

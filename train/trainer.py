@@ -194,7 +194,7 @@ class Trainer:
             src, tgt_in, tgt_out = (self._to_device(t) for t in make_batch(*self.train_sides, indices, mc.pad_id, mc.bos_id))
             # Only the last micro-batch of an update all-reduces gradients.
             sync = self.ddp.no_sync() if self.ddp is not None and j < len(batches) - 1 else nullcontext()
-            with sync:
+            with sync, speed.training_attention(self.device):
                 loss, ce = objective(module, src, tgt_in, tgt_out, mc.pad_id, self.cfg.optim.label_smoothing,
                                      self.cfg.optim.rdrop_alpha, autocast)
                 # DDP averages over processes; scaling by world makes the result sum / n_tokens.

@@ -5,8 +5,11 @@ cache and search code neither import nor branch on.
   out once for oneDNN's packed product.
 - graphs.py: a decoding step captured once as a CUDA graph and replayed (infer.engine).
 - dropout.py: on CPU, training's dropout masks drawn four elements per random word.
+- training_attention(): on CUDA, the attention kernels training runs with.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -33,3 +36,15 @@ def for_training(model: nn.Module) -> nn.Module:
     if next(model.parameters()).device.type != "cpu":
         return model
     return swap_dropout(model)
+
+
+def training_attention(device: torch.device):
+    """A context for training steps: on CUDA, attention over padded batches by PyTorch's
+    memory-efficient kernel (or flash where there is no mask) rather than cuDNN's, which
+    PyTorch prefers on Hopper but which ran a transformer-base update 1.2x slower on an H200
+    with our short, padded sentences (docs/RESULTS.md). Elsewhere, nothing changes."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

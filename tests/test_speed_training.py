@@ -1,9 +1,11 @@
-"""The CPU training dropout (seq2seq.speed.dropout) against what dropout means."""
+"""The training side of the speed layer: CPU dropout (seq2seq.speed.dropout) against what dropout
+means, and the attention kernels CUDA training selects."""
 import torch
 from torch import nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.model import Transformer
+from seq2seq import speed
 from seq2seq.speed import for_training
 from seq2seq.speed.dropout import MaskDropout
 
@@ -46,3 +48,13 @@ def test_for_training_swaps_every_dropout_and_keeps_the_weights():
     plain = Transformer(cfg)
     plain.load_state_dict(model.state_dict())
     torch.testing.assert_close(model.eval()(src, tgt), plain.eval()(src, tgt))
+
+
+def test_cuda_training_leaves_cudnn_attention_out_and_cpu_is_untouched():
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with speed.training_attention(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with speed.training_attention(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -17,6 +17,7 @@ from infer.search import LENGTH_NORMS, STOPS, SearchConfig
 from infer.textio import InputError, read_input, write_atomic
 from infer.translator import DTYPES
 from seq2seq.checkpoint import CheckpointError
+from seq2seq.ctranslate2_export import QUANTIZATIONS
 from seq2seq.config import ConfigError
 
 USER_ERRORS = (InputError, CheckpointError, ConfigError, ValueError, OSError)
@@ -213,15 +214,26 @@ def evaluate_main(argv: list[str] | None = None, stdout: TextIO | None = None) -
 def export_main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     p = OneLineParser(prog="seq2seq-export", description="Export a checkpoint for another toolkit.",
                       epilog="hf-marian: a directory that transformers loads with MarianMTModel.from_pretrained and "
-                             "AutoTokenizer.from_pretrained (post-norm relu/gelu models only).")
+                             "AutoTokenizer.from_pretrained (post-norm relu/gelu models only). ctranslate2: a directory "
+                             "that ctranslate2.Translator loads, with tokenizer.json for the pieces (every model; "
+                             "needs the ctranslate2 package).")
     p.add_argument("checkpoint", help="a checkpoint written by seq2seq-train")
     p.add_argument("outdir", help="directory to write (created if missing; files in it are replaced)")
-    p.add_argument("--format", choices=["hf-marian"], default="hf-marian", help="target format (default hf-marian)")
+    p.add_argument("--format", choices=["hf-marian", "ctranslate2"], default="hf-marian", help="target format (default hf-marian)")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, help="ctranslate2: weight type (default: as trained, float32)")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
     args = p.parse_intermixed_args(argv)
     stdout = stdout or sys.stdout
 
     def body() -> int:
+        if args.format == "ctranslate2":
+            from seq2seq.ctranslate2_export import export_ctranslate2  # deferred: usage errors answer first
+
+            out = export_ctranslate2(args.checkpoint, args.outdir, args.quantization)
+            stdout.write(f"wrote {out} (CTranslate2{', ' + args.quantization if args.quantization else ''})\n")
+            return 0
+        if args.quantization:
+            p.error("--quantization applies to --format ctranslate2")
         from seq2seq.marian import export_marian  # deferred: usage errors answer before torch loads
 
         out = export_marian(args.checkpoint, args.outdir)

@@ -37,12 +37,11 @@ def random_sentences(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[li
     return [torch.randint(FIRST_SYMBOL, vocab, (l,), generator=g).tolist() + [EOS] for l in lengths]
 
 
-@pytest.fixture(scope="session")
-def copy_model() -> Transformer:
+def train_copy_model(**overrides) -> Transformer:
     """A tiny model trained for a few seconds to copy its source: it emits EOS by itself,
     so sentences of different lengths finish at different steps."""
     torch.manual_seed(0)
-    model = Transformer(tiny_config(src_vocab_size=12, tgt_vocab_size=12, share_embeddings=True))
+    model = Transformer(tiny_config(src_vocab_size=12, tgt_vocab_size=12, share_embeddings=True, **overrides))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(300):
         src = pad_batch(random_sentences(64, 1, 6, 12, seed=step))
@@ -52,6 +51,18 @@ def copy_model() -> Transformer:
         loss.backward()
         opt.step()
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def copy_model() -> Transformer:
+    """The post-norm copy model (train_copy_model)."""
+    return train_copy_model()
+
+
+@pytest.fixture(scope="session")
+def copy_model_pre_norm() -> Transformer:
+    """Its pre-norm twin, with GELU."""
+    return train_copy_model(norm="pre", activation="gelu")
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"

@@ -1,5 +1,6 @@
-"""HF Marian export: transformers loads it, computes our logits, and its greedy and beam
-generate return our token ids; models Marian cannot express are refused with the reason."""
+"""Exports. HF Marian: transformers loads it, computes our logits, and its greedy and beam
+generate return our token ids; models Marian cannot express are refused with the reason.
+CTranslate2: every model, pre-norm included, decodes greedy and beam like us."""
 import pytest
 import torch
 
@@ -165,8 +166,8 @@ def test_models_marian_cannot_express_are_refused_with_the_reason(tmp_path, caps
 
 
 def test_ctranslate2_conversion_of_the_export_decodes_greedy_like_us(tmp_path, copy_model):
-    """The README's CTranslate2 route; runs where ctranslate2 is installed (not in the test extra).
-    CTranslate2 starts the decoder from a zero vector and reads our position table, so this also
+    """The Marian export converted by CTranslate2's transformers converter (bench/translate_cpu.py's
+    route) decodes greedy like us. CTranslate2 starts the decoder from a zero vector and reads our position table, so this also
     checks the start-token fold."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     from ctranslate2.converters import TransformersConverter
@@ -183,3 +184,40 @@ def test_ctranslate2_conversion_of_the_export_decodes_greedy_like_us(tmp_path, c
     results = ct2.translate_batch(sources, beam_size=1, max_decoding_length=budget)
     assert [ids.back(tok.convert_tokens_to_ids(r.hypotheses[0])) for r in results] == [h.tokens for h in ours]
     assert len({len(h.tokens) for h in ours}) > 1  # sentences end by EOS at different steps
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_ctranslate2_export_decodes_like_us_greedy_and_beam(tmp_path, copy_model, copy_model_pre_norm, norm):
+    """seq2seq-export --format ctranslate2, pre-norm included: CTranslate2's greedy and beam tokens
+    are ours. Where a hypothesis reaches the length limit the two
+    count it differently (CTranslate2 stops without EOS, ours ends with a forced EOS), so the beam
+    comparison gives both room to end by EOS first and compares the sentences that do."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from seq2seq.ctranslate2_export import export_ctranslate2
+
+    model = _noisy(copy_model if norm == "post" else copy_model_pre_norm)
+    tok = Tokenizer.placeholder(model.config.src_vocab_size)
+    save_atomic(inference_state(model, Vocabularies(tok, tok)), tmp_path / "model.pt")
+    assert export_main([str(tmp_path / "model.pt"), str(tmp_path / "ct2"), "--format", "ctranslate2"]) == 0
+    ct2 = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu")
+    src = pad_batch(random_sentences(32, 1, 6, 12, seed=7))
+    sources = [[tok.hf.id_to_token(t) for t in row if t != PAD] for row in src.tolist()]
+
+    def theirs(**kwargs):
+        return ct2.translate_batch(sources, **kwargs)
+
+    budget = 10
+    greedy = greedy_search(model, src, SearchConfig(beam_size=1, max_len_a=0.0, max_len_b=budget, max_len=budget))
+    got = theirs(beam_size=1, max_decoding_length=budget)
+    assert [[tok.hf.token_to_id(p) for p in r.hypotheses[0]] for r in got] == [h.tokens for h in greedy]
+    assert len({len(h.tokens) for h in greedy}) > 1  # sentences end by EOS at different steps
+
+    long = 40
+    ours = [h[0].tokens for h in beam_search(model, src, SearchConfig(beam_size=4, length_norm="none", max_len_a=0.0,
+                                                                      max_len_b=long, max_len=long))]
+    got = [[tok.hf.token_to_id(p) for p in r.hypotheses[0]]
+           for r in theirs(beam_size=4, length_penalty=0.0, max_decoding_length=long + 1, min_decoding_length=0)]
+    ended = [i for i in range(len(src)) if max(len(ours[i]), len(got[i])) < long]
+    assert len(ended) >= 28 and [got[i] for i in ended] == [ours[i] for i in ended]
+    export_ctranslate2(tmp_path / "model.pt", tmp_path / "int8", quantization="int8")
+    assert ctranslate2.Translator(str(tmp_path / "int8"), device="cpu").translate_batch(sources[:2], beam_size=1)

@@ -48,6 +48,14 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", choices=STOPS,
                    help="beam search: a sentence is done when its best live hypothesis, scored at its current length "
                         "(current) or at its budget (bound: exact, slower), cannot beat the finished ones (default current)")
+    g.add_argument("--sample", action="store_true",
+                   help="draw each token from the model's distribution instead of searching; with --n-best N, N samples "
+                        "per line (back-translation)")
+    g.add_argument("--temperature", type=float, default=1.0, help="--sample: divide log-probs by this (default 1)")
+    g.add_argument("--top-k", type=int, default=0, help="--sample: only the k most probable tokens (default 0: all)")
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="--sample: only the most probable tokens whose probability reaches p (default 1: all)")
+    g.add_argument("--seed", type=int, default=0, help="--sample: the generator's seed, set for every batch (default 0)")
     g.add_argument("--max-tokens", type=int, default=None,
                    help="padded tokens per batch, beams included (default 16384 on CPU, 262144 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one, else cpu)")
@@ -61,7 +69,8 @@ def _search_kwargs(args, recipe: dict | None = None) -> dict:
     defaults = SearchConfig()
     chosen = {key: next(v for v in (getattr(args, key), recipe.get(key), getattr(defaults, key)) if v is not None)
               for key in SEARCH_KEYS}
-    return dict(chosen, greedy=args.greedy, max_tokens=args.max_tokens)
+    return dict(chosen, greedy=args.greedy, max_tokens=args.max_tokens, sample=args.sample,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
 
 def _recipe_search(path: str) -> dict:

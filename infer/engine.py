@@ -21,7 +21,7 @@ from torch import Tensor
 from infer.beam import BeamSearch
 from infer.decoders import make_decoder
 from infer.greedy import GreedySearch
-from infer.search import Hypothesis, SearchConfig, max_output_lengths
+from infer.search import Hypothesis, SearchConfig, max_output_lengths, rows_per_sentence
 from seq2seq.ensemble import Ensemble
 from seq2seq.model import Transformer
 
@@ -63,7 +63,7 @@ class Engine:
         """src (B, S) right-padded source ids on the model's device; max_lens (B,) output budgets
         -> per sentence, up to cfg.n_best hypotheses, best first (greedy: one)."""
         steps = int(max_lens.max()) + 1  # the longest budget, then EOS
-        if not self.static:
+        if not self.static or cfg.sample:  # sampling draws from a generator: not captured
             decoder, search = self._build(src, cfg, greedy, steps)
             search.start(max_lens.to(self.device))
             return run(search, steps, self.check_every, shrink=decoder)
@@ -81,8 +81,7 @@ class Engine:
             raise
 
     def _build(self, src: Tensor, cfg: SearchConfig, greedy: bool, steps: int):
-        beams = 1 if greedy else cfg.beam_size
-        decoder = make_decoder(self.model, src, beams, steps, self.use_cache)
+        decoder = make_decoder(self.model, src, rows_per_sentence(cfg, greedy), steps, self.use_cache)
         search_cls = GreedySearch if greedy else BeamSearch
         return decoder, search_cls(decoder, self.model.config, cfg, src.size(0), steps, self.device)
 

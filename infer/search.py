@@ -29,12 +29,24 @@ class SearchConfig:
     # stop); "bound": n_best are finished and no live one can beat them at the longest length its
     # budget allows (exact, but with a length penalty it rarely stops before the budget)
     stop: str = "current"
+    # Sampling (greedy search draws each token instead of taking the most probable; n_best rows
+    # per sentence give n_best samples): from the distribution at this temperature, cut to the
+    # top_k most probable tokens (0: all) and to the smallest set of most probable tokens whose
+    # probability reaches top_p; the generator is seeded with `seed` for every batch.
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError(f"beam_size={self.beam_size} must be at least 1")
-        if not 1 <= self.n_best <= self.beam_size:
+        if self.n_best < 1 or (not self.sample and self.n_best > self.beam_size):
             raise ValueError(f"n_best={self.n_best} must be in [1, beam_size={self.beam_size}]")
+        if self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature > 0, top_k >= 0 and 0 < top_p <= 1, got {self.temperature}, "
+                             f"{self.top_k} and {self.top_p}")
         if self.stop not in STOPS:
             raise ValueError(f"stop={self.stop!r}: expected one of {STOPS}")
         if self.length_norm not in LENGTH_NORMS:
@@ -57,6 +69,27 @@ class Hypothesis:
     tokens: list[int]  # output token ids, without BOS and EOS
     score: float  # log_prob divided by the length penalty: what hypotheses are ranked by
     log_prob: float  # sum of token log-probabilities, EOS included
+
+
+def rows_per_sentence(cfg: SearchConfig, greedy: bool) -> int:
+    """Decoder rows a sentence takes: its beams, its samples, or one."""
+    if greedy:
+        return cfg.n_best if cfg.sample else 1
+    return cfg.beam_size
+
+
+def draw(lp: Tensor, cfg: SearchConfig, generator: torch.Generator) -> Tensor:
+    """One token per row, sampled from log-probs lp (N, V) (-inf: not allowed) under cfg's
+    temperature, top_k and top_p -> (N,) long."""
+    scores = lp / cfg.temperature
+    if cfg.top_k:
+        kth = scores.topk(min(cfg.top_k, scores.size(-1)), dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if cfg.top_p < 1:
+        probs, order = scores.softmax(-1).sort(dim=-1, descending=True)
+        outside = (probs.cumsum(-1) - probs) >= cfg.top_p  # the mass before it already reaches p
+        scores = scores.masked_fill(outside.scatter(1, order, outside), float("-inf"))
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
 
 
 def max_output_lengths(src_lengths: Tensor, cfg: SearchConfig, max_positions: int) -> Tensor:

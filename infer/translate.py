@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from infer.engine import Engine
-from infer.search import Hypothesis, SearchConfig, max_output_lengths
+from infer.search import Hypothesis, SearchConfig, max_output_lengths, rows_per_sentence
 from seq2seq.batching import batch_plan, pad
 from seq2seq.tokenizer import Vocabularies
 
@@ -64,8 +64,8 @@ def translate_ids(
         if progress is not None:
             progress(len(batch))
 
-    rows_per_sentence = 1 if greedy else cfg.beam_size  # beams multiply the decoder's rows
-    for batch in batch_plan(lengths, out_lens, max(1, max_tokens // rows_per_sentence), 0, 0, shuffle=False):
+    rows = rows_per_sentence(cfg, greedy)  # beams or samples multiply the decoder's rows
+    for batch in batch_plan(lengths, out_lens, max(1, max_tokens // rows), 0, 0, shuffle=False):
         run(batch)
     return results
 

@@ -78,14 +78,18 @@ class Translator:
         alpha: float = 0.6, max_len_a: float = 1.5, max_len_b: int = 10, max_len: int = 256, min_len: int = 0,
         stop: str = "current", greedy: bool = False, max_tokens: int | None = None,
         on_truncate: Callable[[int, int], None] | None = None, progress: Callable[[int], None] | None = None,
+        sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
     ):
         """Translations in input order: a string per line, or with n_best a list of
-        (text, score) per line, best first. Empty lines give empty translations."""
+        (text, score) per line, best first. Empty lines give empty translations. sample: draw
+        each token (temperature, top_k, top_p; seeded per batch) instead of searching; with
+        n_best, that many samples per line."""
         cfg = SearchConfig(
-            beam_size=1 if greedy else beam_size, n_best=n_best or 1, length_norm=length_norm, alpha=alpha,
+            beam_size=1 if greedy or sample else beam_size, n_best=n_best or 1, length_norm=length_norm, alpha=alpha,
             max_len_a=max_len_a, max_len_b=max_len_b, max_len=max_len, min_len=min_len, stop=stop,
+            sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         )
-        results = self.search(lines, cfg, greedy, max_tokens, on_truncate, progress)
+        results = self.search(lines, cfg, greedy or sample, max_tokens, on_truncate, progress)
         return [r[0][0] for r in results] if n_best is None else results
 
     def search(

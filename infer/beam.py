@@ -44,9 +44,12 @@ class BeamSearch:
         self.fin_log_probs = torch.zeros(batch, f, device=device)
         self.fin_lengths = torch.zeros(batch, f, dtype=torch.long, device=device)
         self.fin_tokens = torch.zeros(batch, f, steps, dtype=torch.long, device=device)
+        self.prefix: tuple[Tensor, Tensor] | None = None  # (N, P) tokens and (N,) lengths each row begins with
 
-    def start(self, max_lens: Tensor) -> None:
-        """A new batch (the decoder loaded with it) with budgets max_lens (B,)."""
+    def start(self, max_lens: Tensor, prefix: tuple[Tensor, Tensor] | None = None) -> None:
+        """A new batch (the decoder loaded with it) with budgets max_lens (B,); prefix: tokens
+        (B, P) and lengths (B,) each sentence's hypotheses must begin with (infer.search.log_probs)."""
+        self.prefix = None if prefix is None else tuple(x.repeat_interleave(self.cfg.beam_size, dim=0) for x in prefix)
         self.max_lens.copy_(max_lens)
         self.row_max_lens.copy_(max_lens.repeat_interleave(self.cfg.beam_size))
         self.budget_penalty.copy_(self.cfg.length_penalty(max_lens + 1))
@@ -63,7 +66,7 @@ class BeamSearch:
         ids, cfg, k, f = self.ids, self.cfg, self.cfg.beam_size, self.fin_scores.size(1)
         b, t = self.scores.size(0), self.t
         logits = self.decoder.step(self.last, span)  # (N, V)
-        lp, forced = log_probs(logits, t, self.row_max_lens, cfg.min_len, ids.pad_id, ids.bos_id, ids.eos_id)
+        lp, forced = log_probs(logits, t, self.row_max_lens, cfg.min_len, ids.pad_id, ids.bos_id, ids.eos_id, self.prefix)
         cand_scores, cand_beam, cand_tok = self._candidates(lp, forced.view(b, k))
         is_eos = cand_tok == ids.eos_id
 
@@ -130,6 +133,8 @@ class BeamSearch:
             setattr(self, name, getattr(self, name).index_select(0, sentences))
         for name in ("row_max_lens", "last", "history"):
             setattr(self, name, getattr(self, name).index_select(0, rows))
+        if self.prefix is not None:
+            self.prefix = tuple(x.index_select(0, rows) for x in self.prefix)
         self.sentence = self.sentence[: sentences.numel()]
 
     def results(self, sentences: Tensor | None = None) -> list[list[Hypothesis]]:

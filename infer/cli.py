@@ -111,6 +111,8 @@ def translate_main(argv: list[str] | None = None, stdin: BinaryIO | None = None,
     p.add_argument("inputs", nargs="*", default=["-"], help="text files, one sentence a line ('-' or none: stdin)")
     p.add_argument("-o", "--output", help="write here instead of stdout (replaced only when the run succeeds)")
     p.add_argument("--n-best", type=int, default=0, help="write N hypotheses per line as TSV: line, rank, score, text")
+    p.add_argument("--prefix", metavar="FILE", help="target text each translation must begin with, one line per input "
+                                                     "line (kept verbatim and scored; an empty line: none)")
     p.add_argument("-i", "--interactive", action="store_true", help="answer each stdin line as it arrives")
     p.add_argument("--replace-invalid", action="store_true", help="translate undecodable bytes as U+FFFD instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -124,14 +126,20 @@ def translate_main(argv: list[str] | None = None, stdin: BinaryIO | None = None,
         if args.n_best < 0 or (args.beam_size is not None and args.beam_size < 1):
             raise ValueError("--n-best must be >= 0 and --beam-size >= 1")
         if args.interactive:
-            if args.inputs != ["-"] or args.output:
-                raise ValueError("--interactive reads stdin and writes stdout: no input files or --output")
+            if args.inputs != ["-"] or args.output or args.prefix:
+                raise ValueError("--interactive reads stdin and writes stdout: no input files, --output or --prefix")
             return _interactive(args, stdin, stdout)
         sources = [(name, read_input(name, stdin, args.replace_invalid)) for name in args.inputs]
+        prefixes = None
+        if args.prefix:
+            prefixes = read_input(args.prefix, stdin, args.replace_invalid)
+            if len(sources) != 1 or len(prefixes) != len(sources[0][1]):
+                raise InputError(f"{args.prefix}: {len(prefixes)} prefixes for {sum(len(x) for _, x in sources)} input "
+                                 "lines (one input, one prefix a line)")
         translator = _load_translator(args)
         out_lines = []
         for name, lines in sources:
-            out_lines += _translate_lines(translator, args, name, lines)
+            out_lines += _translate_lines(translator, args, name, lines, prefixes)
         if args.output:
             write_atomic(args.output, out_lines)
         else:
@@ -142,7 +150,7 @@ def translate_main(argv: list[str] | None = None, stdin: BinaryIO | None = None,
     return _run(p.prog, args.debug, body)
 
 
-def _translate_lines(translator, args, name: str, lines: list[str]) -> list[str]:
+def _translate_lines(translator, args, name: str, lines: list[str], prefixes: list[str] | None = None) -> list[str]:
     """Output lines for one input: one per line, or n_best TSV rows per line."""
     from tqdm import tqdm
 
@@ -153,7 +161,7 @@ def _translate_lines(translator, args, name: str, lines: list[str]) -> list[str]
     show = not args.quiet and name != "-"
     with tqdm(total=len(lines), disable=not show, unit="sent", desc=name, file=sys.stderr, leave=False) as bar:
         results = translator.translate(lines, n_best=args.n_best or None, on_truncate=warn, progress=bar.update,
-                                       **_search_kwargs(args))
+                                       prefixes=prefixes, **_search_kwargs(args))
     if not args.n_best:
         return results
     return [f"{i}\t{rank}\t{s:.4f}\t{text}" for i, hyps in enumerate(results, 1) for rank, (text, s) in enumerate(hyps, 1)]

@@ -59,13 +59,15 @@ class Engine:
         self.pool = None  # one memory pool for every graph: they replay one at a time
 
     @torch.inference_mode()
-    def search(self, src: Tensor, max_lens: Tensor, cfg: SearchConfig, greedy: bool = False) -> list[list[Hypothesis]]:
+    def search(self, src: Tensor, max_lens: Tensor, cfg: SearchConfig, greedy: bool = False,
+               prefix: tuple[Tensor, Tensor] | None = None) -> list[list[Hypothesis]]:
         """src (B, S) right-padded source ids on the model's device; max_lens (B,) output budgets
-        -> per sentence, up to cfg.n_best hypotheses, best first (greedy: one)."""
+        -> per sentence, up to cfg.n_best hypotheses, best first (greedy: one). prefix: tokens
+        (B, P) and lengths (B,) on the device that each sentence's output must begin with."""
         steps = int(max_lens.max()) + 1  # the longest budget, then EOS
-        if not self.static or cfg.sample:  # sampling draws from a generator: not captured
+        if not self.static or cfg.sample or prefix is not None:  # a generator or a prefix: not captured
             decoder, search = self._build(src, cfg, greedy, steps)
-            search.start(max_lens.to(self.device))
+            search.start(max_lens.to(self.device), prefix)
             return run(search, steps, self.check_every, shrink=decoder)
         batch = src.size(0)
         src, max_lens = self._pad_to_bucket(src, max_lens)

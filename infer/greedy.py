@@ -34,9 +34,12 @@ class GreedySearch:
         self.log_probs = torch.zeros(rows, device=device)  # the model's, whatever the sampling
         self.ended_at = torch.full((rows,), -1, dtype=torch.long, device=device)  # the step of EOS
         self.generator = torch.Generator(device) if cfg.sample else None
+        self.prefix: tuple[Tensor, Tensor] | None = None  # (N, P) tokens and (N,) lengths each row begins with
 
-    def start(self, max_lens: Tensor) -> None:
-        """A new batch (the decoder loaded with it) with budgets max_lens (B,)."""
+    def start(self, max_lens: Tensor, prefix: tuple[Tensor, Tensor] | None = None) -> None:
+        """A new batch (the decoder loaded with it) with budgets max_lens (B,); prefix: tokens
+        (B, P) and lengths (B,) each sentence's hypotheses must begin with (infer.search.log_probs)."""
+        self.prefix = None if prefix is None else tuple(x.repeat_interleave(self.group, dim=0) for x in prefix)
         self.max_lens.copy_(max_lens)
         self.row_max_lens.copy_(max_lens.repeat_interleave(self.group))
         if self.generator is not None:
@@ -51,7 +54,8 @@ class GreedySearch:
         """One token for every row; the decoder attends over `span` positions."""
         ids = self.ids
         logits = self.decoder.step(self.last, span)  # (N, V)
-        lp, forced = log_probs(logits, self.t, self.row_max_lens, self.cfg.min_len, ids.pad_id, ids.bos_id, ids.eos_id)
+        lp, forced = log_probs(logits, self.t, self.row_max_lens, self.cfg.min_len, ids.pad_id, ids.bos_id, ids.eos_id,
+                               self.prefix)
         if self.generator is None:
             best_lp, best = lp.max(dim=-1)
         else:
@@ -77,6 +81,8 @@ class GreedySearch:
         self.max_lens = self.max_lens.index_select(0, sentences)
         for name in ("row_max_lens", "last", "out", "log_probs", "ended_at"):
             setattr(self, name, getattr(self, name).index_select(0, rows))
+        if self.prefix is not None:
+            self.prefix = tuple(x.index_select(0, rows) for x in self.prefix)
 
     def results(self, sentences: Tensor | None = None) -> list[list[Hypothesis]]:
         """Per sentence (all, or these indices), its hypothesis, or its samples best first."""

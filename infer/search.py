@@ -102,16 +102,23 @@ def max_output_lengths(src_lengths: Tensor, cfg: SearchConfig, max_positions: in
 
 
 def log_probs(logits: Tensor, step: Tensor, max_lens: Tensor, min_len: int, pad_id: int, bos_id: int,
-              eos_id: int) -> tuple[Tensor, Tensor]:
+              eos_id: int, prefix: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Next-token log-probabilities (N, V) in fp32 from logits (N, V), with the tokens a step may
     not emit at -inf, and forced (N,): the rows whose budget is spent, which may only emit EOS, at
     its own log-prob (the caller picks EOS for them: one (N,) choice, not a pass over (N, V)).
     step (1,) is the index of the token being chosen, on the device (no host value, so a
     captured step can run it); max_lens (N,) each row's budget. Padding and BOS are never
-    emitted; rows under min_len may not emit EOS unless forced."""
+    emitted; rows under min_len may not emit EOS unless forced. prefix: (tokens (N, P), lengths
+    (N,)) each row must begin with: while in it, a row may emit only its prefix's token, at that
+    token's own log-prob, so a prefix is scored like the rest of the hypothesis."""
     out = logits.float().log_softmax(-1)
     forced = max_lens <= step
     out[:, eos_id] = torch.where(forced | (step >= min_len), out[:, eos_id], float("-inf"))
     out[:, pad_id] = float("-inf")
     out[:, bos_id] = float("-inf")
+    if prefix is not None:
+        tokens, lengths = prefix
+        token = tokens.gather(1, step.clamp(max=tokens.size(1) - 1).expand(tokens.size(0), 1))  # (N, 1)
+        only = torch.full_like(out, float("-inf")).scatter(1, token, out.gather(1, token))
+        out = torch.where((step < lengths).unsqueeze(1), only, out)
     return out, forced

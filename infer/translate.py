@@ -32,10 +32,11 @@ def encode_sources(
 
 def translate_ids(
     engine: Engine, sources: list[list[int]], cfg: SearchConfig, max_tokens: int = 4096, greedy: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, prefixes: list[list[int]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Search every source (ids with EOS) with the engine; per source, its n-best list, in input
-    order.
+    order. prefixes: per source, target ids (no EOS) its output must begin with; the budget
+    stretches to hold a longer prefix.
 
     Batches group sources of similar length. A batch that runs out of GPU memory is split in
     two and retried, so no sentence is lost or reordered.
@@ -43,6 +44,8 @@ def translate_ids(
     mc = engine.model.config
     lengths = [len(s) for s in sources]
     budgets = max_output_lengths(torch.tensor(lengths), cfg, mc.max_positions)
+    if prefixes is not None:
+        budgets = torch.maximum(budgets, torch.tensor([len(p) for p in prefixes], dtype=torch.long))
     # Batch by source length and by the decoder positions the search may fill (BOS + output).
     out_lens = (budgets + 1).tolist()
     results: list[list[Hypothesis]] = [[] for _ in sources]
@@ -50,7 +53,12 @@ def translate_ids(
     def run(batch: list[int]) -> None:
         src = pad([sources[i] for i in batch], mc.pad_id).to(engine.device)
         try:
-            found = engine.search(src, budgets[batch], cfg, greedy)
+            prefix = None
+            if prefixes is not None:
+                lens = torch.tensor([len(prefixes[i]) for i in batch])
+                tokens = pad([prefixes[i] or [mc.pad_id] for i in batch], mc.pad_id)
+                prefix = (tokens.to(engine.device), lens.to(engine.device))
+            found = engine.search(src, budgets[batch], cfg, greedy, prefix)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise

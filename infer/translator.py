@@ -79,22 +79,25 @@ class Translator:
         stop: str = "current", greedy: bool = False, max_tokens: int | None = None,
         on_truncate: Callable[[int, int], None] | None = None, progress: Callable[[int], None] | None = None,
         sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+        prefixes: list[str] | None = None,
     ):
         """Translations in input order: a string per line, or with n_best a list of
         (text, score) per line, best first. Empty lines give empty translations. sample: draw
         each token (temperature, top_k, top_p; seeded per batch) instead of searching; with
-        n_best, that many samples per line."""
+        n_best, that many samples per line. prefixes: per line, target text its translation
+        must begin with (kept verbatim, scored like the rest; "" for none)."""
         cfg = SearchConfig(
             beam_size=1 if greedy or sample else beam_size, n_best=n_best or 1, length_norm=length_norm, alpha=alpha,
             max_len_a=max_len_a, max_len_b=max_len_b, max_len=max_len, min_len=min_len, stop=stop,
             sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         )
-        results = self.search(lines, cfg, greedy or sample, max_tokens, on_truncate, progress)
+        results = self.search(lines, cfg, greedy or sample, max_tokens, on_truncate, progress, prefixes)
         return [r[0][0] for r in results] if n_best is None else results
 
     def search(
         self, lines: list[str], cfg: SearchConfig, greedy: bool = False, max_tokens: int | None = None,
         on_truncate: Callable[[int, int], None] | None = None, progress: Callable[[int], None] | None = None,
+        prefixes: list[str] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Per line, cfg.n_best (text, score) pairs, best first; an empty line gives [("", 0.0)].
 
@@ -107,7 +110,16 @@ class Translator:
         on_cut = None if on_truncate is None else (lambda j, n: on_truncate(todo[j], n))
         sources = encode_sources(self.vocab, [lines[i] for i in todo], self.model.config.max_positions,
                                  self.model.config.eos_id, on_cut)
-        found = translate_ids(self.engine, sources, cfg, max_tokens, greedy, progress)
+        prefix_ids = None
+        if prefixes is not None:
+            if len(prefixes) != len(lines):
+                raise ValueError(f"{len(prefixes)} prefixes for {len(lines)} lines")
+            prefix_ids = self.vocab.tgt.encode_batch([prefixes[i] for i in todo])
+            limit = self.model.config.max_positions - 1
+            for j, ids in enumerate(prefix_ids):
+                if len(ids) > limit:
+                    raise ValueError(f"prefix of line {todo[j] + 1}: {len(ids)} tokens, more than the model's {limit}")
+        found = translate_ids(self.engine, sources, cfg, max_tokens, greedy, progress, prefix_ids)
         results = [[("", 0.0)] for _ in lines]
         for i, hyps in zip(todo, found):
             texts = self.vocab.tgt.decode_batch([h.tokens for h in hyps])

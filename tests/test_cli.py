@@ -253,11 +253,11 @@ def test_gpu_out_of_memory_splits_the_batch_and_keeps_every_line(checkpoint, mix
     expected = t.translate(mixed_input, **kw)
     real_search, sizes = t.engine.search, []
 
-    def tight_memory(src, max_lens, cfg, greedy):
+    def tight_memory(src, max_lens, cfg, greedy, prefix=None):
         if src.size(0) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         sizes.append(src.size(0))
-        return real_search(src, max_lens, cfg, greedy)
+        return real_search(src, max_lens, cfg, greedy, prefix)
 
     monkeypatch.setattr(t.engine, "search", tight_memory)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)

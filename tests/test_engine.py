@@ -140,8 +140,8 @@ def test_the_bound_stop_is_exact_and_the_current_one_stops_no_later(copy_model, 
     steps = []  # steps each run took
     monkeypatch.setattr(BeamSearch, "step", lambda self, span: steps.append(int(self.t)) or step(self, span))
 
-    def never_settled(self, max_lens):  # a bound no live hypothesis is ever under: only budgets end
-        start(self, max_lens)
+    def never_settled(self, max_lens, prefix=None):  # a bound no live hypothesis is ever under: only budgets end
+        start(self, max_lens, prefix)
         self.budget_penalty.fill_(float("inf"))
 
     runs = {}

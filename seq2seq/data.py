@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ CHUNK = 100_000  # pairs a stream hands over at a time
 
 class DataError(ValueError):
     """Unusable input data; the message names the file (and line)."""
+
+
+class EncodingError(DataError):
+    """A line that is not UTF-8; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -62,21 +67,24 @@ def decode_lines(data: bytes, name: str, replace_invalid: bool = False, first_li
     raw = data.split(b"\n")
     if raw[-1] == b"":
         raw.pop()
-    lines = []
-    for number, line in enumerate(raw, first_line):
-        line = line[:-1] if line.endswith(b"\r") else line
-        try:
-            lines.append(line.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            if not replace_invalid:
-                raise DataError(f"{name}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
-            lines.append(line.decode("utf-8", errors="replace"))
-    return lines
+    return [decode_line(line, name, number, replace_invalid) for number, line in enumerate(raw, first_line)]
 
 
-def read_lines(path: Path) -> list[str]:
+def decode_line(raw: bytes, name: str, number: int, replace_invalid: bool = False) -> str:
+    """One line's bytes (its "\n" already gone; a trailing "\r" goes here) as UTF-8; an
+    undecodable line is an error naming `name:number`, unless replace_invalid."""
+    raw = raw[:-1] if raw.endswith(b"\r") else raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if not replace_invalid:
+            raise EncodingError(f"{name}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
+        return raw.decode("utf-8", errors="replace")
+
+
+def read_lines(path: Path, replace_invalid: bool = False) -> list[str]:
     """Lines of a UTF-8 text file (optionally .gz); errors name the file and line."""
-    return list(_lines(path))
+    return list(_lines(path, replace_invalid))
 
 
 def load_split(cfg: DataConfig, split: str) -> Parallel:
@@ -147,21 +155,18 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: is a directory, expected a file")
 
 
-def _lines(path: Path) -> Iterator[str]:
-    """A UTF-8 file's lines (optionally .gz), split at "\n" only, as decode_lines splits; errors
-    name the file and line."""
+def _lines(path: Path, replace_invalid: bool = False) -> Iterator[str]:
+    """A UTF-8 file's lines (optionally .gz), read as a stream, split at "\n" only and decoded as
+    decode_lines does; errors name the file and line."""
     _check_file(path)
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             for number, raw in enumerate(f, 1):
-                raw = raw[:-1] if raw.endswith(b"\n") else raw
-                raw = raw[:-1] if raw.endswith(b"\r") else raw
-                try:
-                    yield raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise DataError(f"{path}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as err:  # a truncated or corrupt .gz
-        raise DataError(f"{path}: cannot read: {err}") from None
+                yield decode_line(raw[:-1] if raw.endswith(b"\n") else raw, str(path), number, replace_invalid)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # a truncated or corrupt .gz
+        raise DataError(f"{path}: not a readable gzip file ({err})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
 
 
 def _text_pairs(src_path: Path, tgt_path: Path) -> Iterator[tuple[str, str]]:

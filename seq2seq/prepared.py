@@ -36,6 +36,12 @@ class PreparedError(ValueError):
     """A prepared set that cannot be used; the message names the folder and the reason."""
 
 
+def flatten(seqs: list[list[int]], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Id sequences -> (their ids back to back, their lengths as int64)."""
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    return np.fromiter((i for s in seqs for i in s), dtype=dtype, count=int(lengths.sum())), lengths
+
+
 def ids_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
 
@@ -59,8 +65,7 @@ class Writer:
     def add(self, src: list[list[int]], tgt: list[list[int]]) -> None:
         """Append a chunk of pairs: each side's id sequences (EOS included)."""
         for side, seqs in zip(SIDES, (src, tgt)):
-            lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-            flat = np.fromiter((i for s in seqs for i in s), dtype=self.dtype, count=int(lengths.sum()))
+            flat, lengths = flatten(seqs, self.dtype)
             data = flat.tobytes()
             self.files[side].write(data)
             self.crc[side] = zlib.crc32(data, self.crc[side])
@@ -111,8 +116,7 @@ class Side:
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]]) -> "Side":
-        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        ids = np.fromiter((i for s in seqs for i in s), dtype=np.int64, count=int(lengths.sum()))
+        ids, lengths = flatten(seqs, np.int64)
         return cls(ids, np.concatenate([[0], np.cumsum(lengths)]))
 
     def pad(self, rows: torch.Tensor, pad_id: int, prefix: int | None = None, drop_last: bool = False) -> torch.Tensor:

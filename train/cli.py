@@ -13,7 +13,7 @@ from seq2seq.config import ConfigError
 from seq2seq.data import DataError, load_split
 from train import distributed
 from train.config import TrainConfig, load_config
-from train.progress import translating
+from train.progress import best_translations
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, OSError)  # OSError covers a failed member
 
@@ -29,9 +29,7 @@ def evaluate_on_test(cfg: TrainConfig, checkpoint: Path, device) -> tuple[dict, 
     """Translate the test split with a checkpoint and score it, cased and lowercased."""
     translator = Translator.from_checkpoint(checkpoint, device=str(device))
     test = load_split(cfg.data, cfg.data.test)
-    with translating(cfg.data.test, len(test.src)) as progress:
-        found = translator.search(test.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens, progress=progress)
-    hyps = [nbest[0][0] for nbest in found]
+    hyps = best_translations(translator, test.src, cfg.eval.search, cfg.eval.max_tokens, cfg.data.test)
     out = Path(cfg.run_dir) / f"{cfg.data.test}.{cfg.data.tgt_lang}.hyp"
     out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     return score(hyps, [test.tgt]), score(hyps, [test.tgt], lowercase=True, with_ter=False)  # TER ignores case anyway

@@ -27,7 +27,7 @@ from seq2seq.checkpoint import ensemble, load, save_atomic
 from seq2seq.data import load_split
 from train.config import TrainConfig, to_dict
 from train.plot import plot_members
-from train.progress import translating
+from train.progress import best_translations
 from train.trainer import refuse_other_recipe
 
 
@@ -118,9 +118,7 @@ def _ensemble_and_validate(cfg: TrainConfig, members: list[TrainConfig], device:
     save_atomic({**ensemble(finals), "train_config": to_dict(cfg)}, final)  # evaluate reads its eval.search
     valid = load_split(cfg.data, cfg.data.valid)
     translator = Translator.from_checkpoint(final, device=device)
-    with translating("ensemble validation", len(valid.src)) as progress:
-        found = translator.search(valid.src, cfg.eval.search, max_tokens=cfg.eval.max_tokens, progress=progress)
-    hyps = [nbest[0][0] for nbest in found]
+    hyps = best_translations(translator, valid.src, cfg.eval.search, cfg.eval.max_tokens, "ensemble validation")
     scores = score(hyps, [valid.tgt], with_ter=False)
     singles = [_best_bleu(Path(m.run_dir) / "metrics.jsonl") for m in members]
     record = {"kind": "valid_ensemble", "members": len(members), "member_best_bleu": singles, **scores,

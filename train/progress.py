@@ -67,6 +67,12 @@ def translating(what: str, total: int, enabled: bool = True) -> Iterator[Callabl
         print(f"{what}: {total:,} sentences in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
+def best_translations(translator, lines: list[str], search, max_tokens: int, what: str) -> list[str]:
+    """Each line's best translation by a recipe's eval search, showing progress as `what`."""
+    with translating(what, len(lines)) as progress:
+        return [nbest[0][0] for nbest in translator.search(lines, search, max_tokens=max_tokens, progress=progress)]
+
+
 def duration(seconds: float) -> str:
     """A rough human duration: 45 s, 3.5 min, 1.2 h."""
     if seconds < 90:

@@ -25,18 +25,18 @@ from tqdm import tqdm
 
 from infer.evaluate import score
 from infer.translator import Translator
+from seq2seq import speed
 from seq2seq.batching import batch_plan
 from seq2seq.checkpoint import CheckpointError, average, inference_state, load, save_atomic
 from seq2seq.data import load_split
-from seq2seq import speed
 from seq2seq.model import Transformer
 from train import distributed
 from train.config import TrainConfig, to_dict
 from train.data import encode, make_batch
-from train.prepare import ensure_prepared
 from train.loss import cross_entropy_sum, objective
 from train.plot import plot_metrics
-from train.progress import Progress, duration, translating
+from train.prepare import ensure_prepared
+from train.progress import Progress, best_translations, duration
 from train.schedule import make_scheduler
 
 
@@ -238,10 +238,8 @@ class Trainer:
             n_tokens += int((tgt_out != mc.pad_id).sum())
         # The same path as seq2seq-translate, so validation BLEU is what users will get.
         translator = Translator(model, self.vocab, str(self.device), "fp32")  # the weights being trained, left as they are
-        with translating("validation", len(self.valid_raw.src)) as progress:
-            found = translator.search(self.valid_raw.src, self.cfg.eval.search, max_tokens=self.cfg.eval.max_tokens,
-                                      progress=progress)
-        hyps = [nbest[0][0] for nbest in found]
+        ev = self.cfg.eval
+        hyps = best_translations(translator, self.valid_raw.src, ev.search, ev.max_tokens, "validation")
         scores = score(hyps, [self.valid_raw.tgt])
         lower = score(hyps, [self.valid_raw.tgt], lowercase=True, with_ter=False)  # comparable to papers that lowercase; TER ignores case anyway
         return {"valid_loss": nll / n_tokens, "valid_ppl": math.exp(min(nll / n_tokens, 50)), **scores,
@@ -366,8 +364,9 @@ class Trainer:
         return {"reason": reason, "step": self.step, "epoch": self.epoch, "best_bleu": self.best_bleu}
 
 
-def recipe_differences(saved: dict, cfg: TrainConfig) -> list[str]:
-    """The dotted keys where a run's saved recipe and cfg differ (resume aside)."""
+def recipe_differences(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
+    """Dotted key -> (saved value, cfg's value) wherever a run's saved recipe and cfg differ
+    (resume aside)."""
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
@@ -375,24 +374,17 @@ def recipe_differences(saved: dict, cfg: TrainConfig) -> list[str]:
         return out
 
     a, b = flat(saved), flat(to_dict(cfg))
-    return [k for k in sorted(a.keys() | b.keys()) if k != "resume" and a.get(k) != b.get(k)]
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if k != "resume" and a.get(k) != b.get(k)}
 
 
 def refuse_other_recipe(last: Path, saved: dict, cfg: TrainConfig) -> None:
     """Raise unless the run whose last.pt this is was trained with cfg's recipe."""
     differ = recipe_differences(saved, cfg)
     if differ:
-        now = to_dict(cfg)
-        shown = ", ".join(f"{k} {_flat_get(saved, k)!r} -> {_flat_get(now, k)!r}" for k in differ[:3])
+        shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(differ.items())[:3])
         shown += " ..." if len(differ) > 3 else ""
         raise CheckpointError(f"{last}: run_dir holds a run of another recipe: {shown}; pass resume=true to continue "
                               "it with this one, or choose another run_dir")
-
-
-def _flat_get(d: dict, dotted: str):
-    for key in dotted.split("."):
-        d = d.get(key) if isinstance(d, dict) else None
-    return d
 
 
 def _link_atomic(target: Path, link: Path) -> None:

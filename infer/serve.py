@@ -10,7 +10,8 @@ GET /health -> model, vocabulary sizes, device and dtype.
 Requests that arrive together and ask for the same search are translated in one engine call
 (dynamic batching): the batcher waits up to --batch-wait-ms after the first request, or until
 --max-batch-sentences, and hands each request its own answers, in order. The engine runs on one
-worker thread. A bad request gets a 4xx JSON {"error": "..."} naming the field; a request that
+worker thread. A bad request gets a 4xx JSON {"error": "..."} naming the field (options the
+search itself refuses, such as n_best above beam_size, come back from it as 422); a request that
 fails inside the engine fails alone (its batch is retried request by request). On SIGINT/SIGTERM
 the server stops taking connections and finishes the requests in flight.
 """
@@ -84,11 +85,11 @@ def create_app(translator, limits: Limits = Limits(), name: str = "model"):
         if body.prefixes is not None and len(body.prefixes) != len(body.sentences):
             return JSONResponse(status_code=422, content={
                 "error": f"prefixes: {len(body.prefixes)} for {len(body.sentences)} sentences"})
-        if body.n_best is not None and not body.sample and body.n_best > body.beam_size:
-            return JSONResponse(status_code=422, content={"error": f"n_best: {body.n_best} is more than beam_size"})
         options = tuple((key, getattr(body, key)) for key in SEARCH_FIELDS)
         try:
             found = await batcher.submit(options, body.sentences, body.prefixes)
+        except ValueError as err:  # options the search refuses (SearchConfig, Translator): the request's fault
+            return JSONResponse(status_code=422, content={"error": str(err)})
         except Exception as err:  # this request's own failure: the server goes on
             return JSONResponse(status_code=500, content={"error": f"translation failed: {err}"})
         if body.n_best is None:

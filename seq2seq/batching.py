@@ -5,6 +5,8 @@ the padded tensor size the model sees. Plans are deterministic for a (seed, epoc
 """
 from __future__ import annotations
 
+import bisect
+
 import torch
 
 
@@ -14,7 +16,7 @@ def batch_plan(src_lens, tgt_lens, max_tokens: int, seed: int, epoch: int, shuff
     Sentences are ordered by length (ties broken randomly when shuffling), cut greedily into
     batches, and the batches shuffled. Every index appears in exactly one batch; a sentence
     longer than max_tokens gets a batch of its own. Lengths are sequences or arrays of ints;
-    the work is array operations and one binary search per batch, so millions of sentences plan
+    the work is array operations and one bisection per batch, so millions of sentences plan
     in seconds.
     """
     src = torch.as_tensor(src_lens, dtype=torch.long)
@@ -30,17 +32,11 @@ def batch_plan(src_lens, tgt_lens, max_tokens: int, seed: int, epoch: int, shuff
     widths = width[order].tolist()
     # Widths ascend, so a batch from `start` costs widths[end - 1] * (end - start), which grows
     # with end: its last sentence is the last end that fits.
-    bounds, start = [0], 0
-    while start < n:
-        lo, hi = start + 1, n  # lo always fits: a sentence alone is a batch, however long
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if widths[mid - 1] * (mid - start) <= max_tokens:
-                lo = mid
-            else:
-                hi = mid - 1
-        bounds.append(lo)
-        start = lo
+    bounds = [0]
+    while bounds[-1] < n:
+        start = bounds[-1]
+        fits = bisect.bisect_right(range(start + 1, n + 1), max_tokens, key=lambda end: widths[end - 1] * (end - start))
+        bounds.append(start + max(fits, 1))  # a sentence alone is a batch, however long
     flat = order.tolist()
     batches = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
     if shuffle:

@@ -8,7 +8,7 @@ Each step ranks the C best extensions of a sentence's K live hypotheses. EOS amo
 finishes a hypothesis, which is set aside; the best K extensions that are not EOS stay live. A
 sentence is done once its budget is spent, or it has F finished hypotheses and its best live
 one cannot beat the worst of them: scored at its length were it to end next step (stop
-"current", with F = K, as fairseq and Hugging Face stop), or at its budget (stop "bound", with
+"current", with F = K, as Hugging Face's default stops), or at its budget (stop "bound", with
 F = n_best: exact, since no future can do better, but with a length penalty it rarely stops
 before the budget). As in greedy search, every tensor lives on the device with a fixed shape
 and the step reads no host value: a done sentence keeps stepping but changes nothing, until a

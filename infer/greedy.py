@@ -6,8 +6,9 @@ longest budget, plus EOS), V vocabulary.
 
 Every tensor the search reads or writes lives on the device and keeps its shape from step to
 step; the step reads no host value. A sentence that has ended keeps stepping (the batch keeps
-its shape) but no longer changes its result, until a dynamic batch drops it (keep). So the same step runs eagerly or captured once
-and replayed (seq2seq.speed), and the caller asks sentences_done() only as often as it likes.
+its shape) but no longer changes its result, until a dynamic batch drops it (keep). So the
+same step runs eagerly or captured once and replayed (seq2seq.speed), and the caller asks
+sentences_done() only as often as it likes.
 """
 from __future__ import annotations
 

@@ -25,9 +25,9 @@ class SearchConfig:
     max_len: int = 256  # hard cap on output tokens, whatever the source length
     min_len: int = 0  # EOS is forbidden before this many output tokens
     # Beam search: a sentence is done once "current": beam_size hypotheses are finished and the best
-    # live one, scored as if it ended now, cannot beat them (as Hugging Face's default and fairseq
-    # stop); "bound": n_best are finished and no live one can beat them at the longest length its
-    # budget allows (exact, but with a length penalty it rarely stops before the budget)
+    # live one, scored as if it ended now, cannot beat them (as Hugging Face's default stops);
+    # "bound": n_best are finished and no live one can beat them at the longest length its budget
+    # allows (exact, but with a length penalty it rarely stops before the budget)
     stop: str = "current"
     # Sampling (greedy search draws each token instead of taking the most probable; n_best rows
     # per sentence give n_best samples): from the distribution at this temperature, cut to the

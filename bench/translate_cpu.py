@@ -10,7 +10,8 @@ and greedy, every toolkit as a whole process, timed from start to exit:
 - CTranslate2: a process that loads the model and the export's tokenizer, sorts the lines by
   length, translates batches of 64 with translate_batch at our output budget (1.5 * the batch's
   longest source + 10, max_decoding_length), and writes the detokenized text;
-- HF: the same loop with MarianMTModel.generate (first round only: it is far slower).
+- HF: the same loop with MarianMTModel.generate (first round only: it is far slower);
+- ours in int8 (`--dtype int8`) against CTranslate2 int8.
 Rounds alternate the order of the toolkits, and ratios are CTranslate2's seconds over ours in
 the same round (median over rounds): this machine's speed drifts between minutes.
 Prints one JSON object and writes it to --json.
@@ -121,8 +122,11 @@ def main() -> None:
 
     for beam in (int(b) for b in args.beams.split(",")):
         name = "greedy" if beam == 1 else f"beam{beam}"
-        ours = [sys.executable, "-m", "infer", "translate", args.checkpoint, str(work / "src.de"), "-o", str(work / "ours.en"),
-                "--quiet", "--beam-size", str(beam)] + (["--greedy"] if beam == 1 else [])
+        def ours_cmd(out: str, *extra: str) -> list[str]:
+            return [sys.executable, "-m", "infer", "translate", args.checkpoint, str(work / "src.de"), "-o", str(work / out),
+                    "--quiet", "--beam-size", str(beam), *(["--greedy"] if beam == 1 else []), *extra]
+
+        ours = ours_cmd("ours.en")
 
         def peer(kind: str, model: str, out: str) -> list[str]:
             return [sys.executable, "-c", PEER, kind, str(work / model), str(work / "hf"), str(work / "src.de"),
@@ -132,7 +136,8 @@ def main() -> None:
                 % (beam, " --greedy" if beam == 1 else "")}
         with tempfile.TemporaryDirectory() as fresh:  # a user's first run: nothing built or cached yet
             cell["ours_fresh_cache_s"] = run(ours, {"SEQ2SEQ_CACHE_DIR": fresh})
-        runs = {"ours": (ours, "ours.en"), "ct2_fp32": (peer("ct2", "ct2_float32", "ct2.en"), "ct2.en"),
+        runs = {"ours": (ours, "ours.en"), "ours_int8": (ours_cmd("ours_int8.en", "--dtype", "int8"), "ours_int8.en"),
+                "ct2_fp32": (peer("ct2", "ct2_float32", "ct2.en"), "ct2.en"),
                 "ct2_int8": (peer("ct2", "ct2_int8", "ct2_int8.en"), "ct2_int8.en"),
                 "hf": (peer("hf", "hf", "hf.en"), "hf.en")}
         seconds = {k: [] for k in runs}
@@ -150,6 +155,8 @@ def main() -> None:
                        "bleu": score(hyps, [ref], with_ter=False)["bleu"]}
         pairs = [c / o for c, o in zip(seconds["ct2_fp32"], seconds["ours"])]
         cell["ct2_fp32_over_ours"] = round(statistics.median(pairs), 3)
+        pairs = [c / o for c, o in zip(seconds["ct2_int8"], seconds["ours_int8"])]
+        cell["ct2_int8_over_ours_int8"] = round(statistics.median(pairs), 3)
         cell["fresh_over_warm"] = round(cell["ours_fresh_cache_s"] / cell["ours"]["median_s"], 3)
         result["cells"].append(cell)
         save()

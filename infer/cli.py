@@ -15,7 +15,7 @@ from typing import BinaryIO, TextIO
 
 from infer.search import LENGTH_NORMS, STOPS, SearchConfig
 from infer.textio import InputError, read_input, write_atomic
-from infer.translator import DTYPES
+from infer.translator import DTYPE_NAMES
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.ctranslate2_export import QUANTIZATIONS
 from seq2seq.config import ConfigError
@@ -59,7 +59,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=None,
                    help="padded tokens per batch, beams included (default 16384 on CPU, 262144 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one, else cpu)")
-    g.add_argument("--dtype", choices=list(DTYPES), default=None, help="weights and activations (default bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
+                   help="weights and activations (default bf16 on CUDA, fp32 on CPU); int8 (CPU): linear layers' "
+                        "weights in int8, activations quantized on the fly")
 
 
 def _search_kwargs(args, recipe: dict | None = None) -> dict:

@@ -78,7 +78,7 @@ def create_app(translator, limits: Limits = Limits(), name: str = "model"):
     async def health():
         mc = translator.model.config
         return {"status": "ok", "model": name, "src_vocab_size": mc.src_vocab_size, "tgt_vocab_size": mc.tgt_vocab_size,
-                "device": str(translator.device), "dtype": str(next(translator.model.parameters()).dtype).split(".")[-1]}
+                "device": str(translator.device), "dtype": translator.dtype}
 
     @app.post("/translate")
     async def translate(body: TranslateRequest):
@@ -169,14 +169,14 @@ class Batcher:
 
 def serve_main(argv: list[str] | None = None) -> int:
     from infer.cli import OneLineParser, _run
-    from infer.translator import DTYPES
+    from infer.translator import DTYPE_NAMES
 
     p = OneLineParser(prog="seq2seq-serve", description="Serve a checkpoint over HTTP (JSON API; see docs/REFERENCE.md).")
     p.add_argument("checkpoint")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one)")
-    p.add_argument("--dtype", choices=list(DTYPES), default=None)
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="fp32, bf16, fp16 or int8 (CPU)")
     p.add_argument("--max-sentences", type=int, default=Limits.max_sentences, help="sentences per request")
     p.add_argument("--max-chars", type=int, default=Limits.max_chars, help="characters per sentence")
     p.add_argument("--max-batch-sentences", type=int, default=Limits.max_batch_sentences, help="sentences per engine call")

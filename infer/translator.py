@@ -19,10 +19,13 @@ from infer.translate import encode_sources, translate_ids
 from seq2seq import speed
 from seq2seq.checkpoint import load, model_from_checkpoint
 from seq2seq.ensemble import Ensemble
+from seq2seq.speed.int8 import quantize_int8
 from seq2seq.model import Transformer
 from seq2seq.tokenizer import Vocabularies
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# int8: fp32 activations, the linear layers' weights in int8 (CPU only, seq2seq.speed.int8).
+DTYPE_NAMES = (*DTYPES, "int8")
 # Padded tokens per batch, beams included, by default. A GPU step costs about the same for a few
 # rows as for thousands, and every batch shape captures its own graphs: a file of Multi30k goes
 # in one or two batches. A CPU step grows with its rows.
@@ -45,28 +48,36 @@ def default_dtype(device: str) -> str:
 
 class Translator:
     """A model and its vocabularies on one device, with one engine whose captured steps serve
-    every later call. device None: CUDA where there is one; dtype None: bf16 there, fp32 on CPU."""
+    every later call. device None: CUDA where there is one; dtype None: bf16 there, fp32 on CPU;
+    int8 (CPU): the model's linear layers quantized in place."""
 
     def __init__(self, model: Transformer | Ensemble, vocab: Vocabularies, device: str | None = None,
                  dtype: str | None = None, static: bool | None = None):
         device = device or default_device()
         dtype = dtype or default_dtype(device)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPE_NAMES)}")
+        if dtype == "int8" and torch.device(device).type != "cpu":
+            raise ValueError(f"dtype int8 runs on CPU only, not on device {device!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device is available")
         self.device = torch.device(device)
-        self.model = model.to(device=self.device, dtype=DTYPES[dtype]).eval()
+        self.dtype = dtype
+        self.model = model.to(device=self.device, dtype=DTYPES.get(dtype, torch.float32)).eval()
+        if dtype == "int8":
+            for member in getattr(self.model, "members", [self.model]):
+                quantize_int8(member)
         self.vocab = vocab
         self.engine = Engine(self.model, static=static)
 
     @classmethod
     def from_checkpoint(cls, path, device: str | None = None, dtype: str | None = None,
                         static: bool | None = None) -> "Translator":
-        """The checkpoint's model, made faster where it runs (seq2seq.speed: on CPU, packed products)."""
+        """The checkpoint's model, made faster where it runs (seq2seq.speed: on CPU in fp32, packed products)."""
         model, vocab = model_from_checkpoint(load(path), path)
         translator = cls(model, vocab, device, dtype, static)
-        speed.for_inference(translator.model)  # the model is ours alone: changed in place
+        if dtype != "int8":  # int8 has its own products
+            speed.for_inference(translator.model)  # the model is ours alone: changed in place
         return translator
 
     @property

@@ -71,6 +71,7 @@ def test_n_best_prefix_and_sampling_through_the_api(server):
         assert [h["text"] for h in r.json()["translations"][0]] == [translator.translate(["t4 t5"], greedy=True)[0]] * 2
         health = client.get(f"{url}/health").json()
         assert health["status"] == "ok" and health["tgt_vocab_size"] == 12 and health["device"] == "cpu"
+        assert health["dtype"] == "fp32"
 
 
 @pytest.mark.parametrize("payload, field", [

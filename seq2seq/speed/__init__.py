@@ -3,6 +3,7 @@ cache and search code neither import nor branch on.
 
 - packed.py: on CPU in fp32, every linear layer swapped for one that multiplies a weight laid
   out once for oneDNN's packed product.
+- int8.py: on CPU, every linear layer dynamically quantized to int8 (--dtype int8).
 - graphs.py: a decoding step captured once as a CUDA graph and replayed (infer.engine).
 - dropout.py: on CPU, training's dropout masks drawn four elements per random word.
 - training_attention(): on CUDA, the attention kernels training runs with.

@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda when available), cpu, cuda
     resume: bool = False  # continue from run_dir/checkpoints/last.pt
     members: int = 1  # > 1: train this many models (seeds seed, seed + 1, ...) and translate with their ensemble
+    compile: bool = False  # torch.compile the forward and loss: faster updates after minutes of compiling (big runs)
     data: DataConfig = field(default_factory=DataConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # vocab sizes are set from the vocabulary

@@ -3,8 +3,6 @@
 between the two predicted distributions is added, which regularises small-data models."""
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-
 import torch
 import torch.nn.functional as F
 
@@ -24,8 +22,10 @@ def symmetric_kl_sum(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch
 
 
 def objective(module: torch.nn.Module, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, pad_id: int,
-              smoothing: float, rdrop_alpha: float, autocast: AbstractContextManager) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss to backpropagate, cross-entropy to report), both summed over the batch's target tokens."""
+              smoothing: float, rdrop_alpha: float, amp: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to backpropagate, cross-entropy to report), both summed over the batch's target tokens.
+    amp: the model runs under autocast to this dtype (the loss in fp32)."""
+    autocast = torch.autocast(src.device.type, dtype=amp, enabled=amp is not None)
     if rdrop_alpha == 0:
         with autocast:
             logits = module(src, tgt_in)

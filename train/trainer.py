@@ -84,6 +84,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = speed.for_training(Transformer(self.model_cfg).to(self.device))
         self.ddp = DistributedDataParallel(self.model) if self.env.enabled else None
+        self.objective = speed.compiled(objective) if cfg.compile else objective
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay,
@@ -188,15 +189,15 @@ class Trainer:
         module = self.ddp or self.model
         module.train()
         mc, world = self.model_cfg, self.env.world_size
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        amp = torch.bfloat16 if self.device.type == "cuda" else None
         total = torch.zeros((), device=self.device)
         for j, indices in enumerate(batches):
             src, tgt_in, tgt_out = (self._to_device(t) for t in make_batch(*self.train_sides, indices, mc.pad_id, mc.bos_id))
             # Only the last micro-batch of an update all-reduces gradients.
             sync = self.ddp.no_sync() if self.ddp is not None and j < len(batches) - 1 else nullcontext()
             with sync, speed.training_attention(self.device):
-                loss, ce = objective(module, src, tgt_in, tgt_out, mc.pad_id, self.cfg.optim.label_smoothing,
-                                     self.cfg.optim.rdrop_alpha, autocast)
+                loss, ce = self.objective(module, src, tgt_in, tgt_out, mc.pad_id, self.cfg.optim.label_smoothing,
+                                          self.cfg.optim.rdrop_alpha, amp)
                 # DDP averages over processes; scaling by world makes the result sum / n_tokens.
                 (loss * world / n_tokens).backward()
             total += ce
@@ -364,9 +365,13 @@ class Trainer:
         return {"reason": reason, "step": self.step, "epoch": self.epoch, "best_bleu": self.best_bleu}
 
 
+# Keys that change how a run runs, not what it trains: a re-run may change them.
+RUN_ONLY = ("resume", "compile")
+
+
 def recipe_differences(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
     """Dotted key -> (saved value, cfg's value) wherever a run's saved recipe and cfg differ
-    (resume aside)."""
+    (RUN_ONLY keys aside)."""
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
@@ -374,7 +379,7 @@ def recipe_differences(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
         return out
 
     a, b = flat(saved), flat(to_dict(cfg))
-    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if k != "resume" and a.get(k) != b.get(k)}
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if k not in RUN_ONLY and a.get(k) != b.get(k)}
 
 
 def refuse_other_recipe(last: Path, saved: dict, cfg: TrainConfig) -> None:

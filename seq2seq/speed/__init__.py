@@ -7,6 +7,7 @@ cache and search code neither import nor branch on.
 - graphs.py: a decoding step captured once as a CUDA graph and replayed (infer.engine).
 - dropout.py: on CPU, training's dropout masks drawn four elements per random word.
 - training_attention(): on CUDA, the attention kernels training runs with.
+- compiled(): a training forward-and-loss compiled by torch.compile (train.compile=true).
 """
 from __future__ import annotations
 
@@ -49,3 +50,13 @@ def training_attention(device: torch.device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def compiled(fn, backend="inductor"):
+    """fn (a training step's forward and loss) compiled by torch.compile, forward and backward,
+    with dynamic shapes: token-sized batches come in many (sentences, length) shapes, and one
+    graph serves them all. Inductor fuses what eager runs as separate kernels (layer norms,
+    dropout, residual adds, bias and activation, casts, the loss over the vocabulary); the
+    figures are in docs/RESULTS.md. The first updates take minutes to compile. backend: another
+    torch.compile backend (tests capture the graphs without generating code)."""
+    return torch.compile(fn, dynamic=True, backend=backend)

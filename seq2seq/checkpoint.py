@@ -131,7 +131,7 @@ def average(paths: list[str | Path]) -> dict:
             averaged[name] = (sum(c["model"][name].double() for c in ckpts) / len(ckpts)).to(tensor.dtype)
         else:
             averaged[name] = tensor
-    out = {k: v for k, v in base.items() if k not in ("optimizer", "scheduler", "rng", "trained_model")}
+    out = {k: v for k, v in base.items() if k not in ("optimizer", "scheduler", "rng", "rng_ranks", "trained_model")}
     out["model"] = averaged
     out["averaged_from"] = [str(p) for p in paths]
     return out

@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,59 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path, 
     # whichever sign float summation order gives it.
     for name in a["model"]:
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=2e-4)
+
+
+def _torchrun(tmp_path, run: str, *overrides: str) -> list[str]:
+    """The command line of a 2-process gloo run of the tiny recipe on the data slice."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train",
+            str(TINY), f"run_dir={tmp_path / run}", "--no-test", "eval.search.max_len=4", "vocab.size=400",
+            "optim.max_tokens=512", *overrides]
+
+
+TORCHRUN_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_a_resumed_two_process_run_continues_exactly(tmp_path, multi30k_slice):
+    """Each process draws its own dropout masks: a resume gives each its own RNG state back."""
+    data = f"data.path={multi30k_slice}"
+    straight = subprocess.run(_torchrun(tmp_path, "straight", data, "optim.max_steps=8", "eval.every=4"),
+                              env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    for more in (["optim.max_steps=4"], ["optim.max_steps=8", "resume=true"]):  # resume=true: max_steps changed
+        part = subprocess.run(_torchrun(tmp_path, "resumed", data, "eval.every=4", *more),
+                              env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300)
+        assert part.returncode == 0, part.stderr[-4000:]
+    assert "from step 4" in part.stdout
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert len(a["rng_ranks"]) == 2 and not torch.equal(a["rng_ranks"][0]["torch"], a["rng_ranks"][1]["torch"])
+    _assert_same_training_state(a, b)
+
+
+@pytest.mark.slow
+def test_killing_one_process_ends_the_run_with_one_line_and_the_same_command_continues(tmp_path, multi30k_slice):
+    cmd = _torchrun(tmp_path, "run", f"data.path={multi30k_slice}", "optim.max_steps=150", "eval.every=10")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    run = subprocess.Popen(cmd, env=TORCHRUN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert last.exists() and run.poll() is None
+        workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
+        rank_1 = [p for p in workers if "RANK=1" in Path(f"/proc/{p}/environ").read_bytes().decode(errors="replace").split("\0")]
+        assert len(rank_1) == 1
+        os.kill(int(rank_1[0]), signal.SIGKILL)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode != 0
+    ours = [line for line in err.splitlines() if "seq2seq-train: error:" in line]
+    assert len(ours) == 1 and "process 0 of 2" in ours[0] and f"{last} holds the last checkpoint" in ours[0], err[-3000:]
+    assert "[rank0]: Traceback" not in err
+    again = subprocess.run(cmd, env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "continuing the run" in again.stdout and _weights(tmp_path / "run")["step"] == 150
 
 
 def test_patience_stops_when_bleu_stops_improving(tmp_path, multi30k_slice):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,26 @@ from train.config import TrainConfig, load_config
 from train.progress import best_translations
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, OSError)  # OSError covers a failed member
+
+
+class Stopped(Exception):
+    """SIGTERM, which torchrun sends every process of a run when one of them fails."""
+
+
+def _on_sigterm(signum, frame):
+    raise Stopped("stopped by SIGTERM (torchrun stops every process when one fails)")
+
+
+def _peer_failure(err: BaseException, run_dir: Path | None) -> str:
+    """One line for a process of a torchrun run whose run ended elsewhere."""
+    rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    what = str(err) if isinstance(err, Stopped) else "lost the connection to another process, which stopped"
+    last = run_dir / "checkpoints" / "last.pt" if run_dir is not None else None
+    if last is not None and last.exists():
+        hint = f"{last} holds the last checkpoint: run the same command to continue from it"
+    else:
+        hint = "no checkpoint was written yet: run the same command to start again"
+    return f"seq2seq-train: error: process {rank} of {world} {what}; {hint}"
 
 
 def _fail(prog: str, err: BaseException, debug: bool) -> int:
@@ -47,7 +68,10 @@ def train_main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # flags may stand among the overrides
     from train.trainer import Trainer  # deferred: argument errors answer before torch loads
 
-    env = None
+    env = cfg = None
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if under_torchrun:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cfg = load_config(args.config, args.overrides)
         if cfg.members > 1:
@@ -63,7 +87,14 @@ def train_main(argv: list[str] | None = None) -> int:
         if isinstance(err, DataError) and str(err).startswith("data."):  # a recipe key: FILE: KEY: message
             err = DataError(f"{args.config}: {err}")
         return _fail("seq2seq-train", err, args.debug)
+    except (Stopped, RuntimeError) as err:
+        if args.debug or not under_torchrun or not (isinstance(err, Stopped) or distributed.lost_peer(err)):
+            raise
+        print(_peer_failure(err, Path(cfg.run_dir) if cfg is not None else None), file=sys.stderr)
+        return 1
     finally:
+        if under_torchrun:  # the run is over for this process: a late SIGTERM has nothing to stop
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if env is not None:
             distributed.shutdown(env)
 

@@ -50,6 +50,23 @@ def broadcast(env: DistEnv, value):
     return box[0]
 
 
+def gather(env: DistEnv, value) -> list | None:
+    """Every rank's value, in rank order, on rank 0 (None elsewhere)."""
+    if not env.enabled:
+        return [value]
+    box = [None] * env.world_size if env.is_main else None
+    dist.gather_object(value, box, dst=0)
+    return box
+
+
+def lost_peer(err: BaseException) -> bool:
+    """A collective failed because another process went away (gloo reports it as a plain
+    RuntimeError, NCCL as a DistBackendError)."""
+    if isinstance(err, dist.DistError):
+        return True
+    return isinstance(err, RuntimeError) and any(s in str(err) for s in ("Connection reset by peer", "Connection closed by peer"))
+
+
 def all_sum(env: DistEnv, value: float, device) -> float:
     if not env.enabled:
         return value

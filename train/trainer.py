@@ -132,15 +132,20 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def _state(self) -> dict:
+    def _rng_state(self) -> dict:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _state(self, rng_ranks: list[dict]) -> dict:
+        """The checkpoint; rng_ranks: every process's RNG states, in rank order (each draws its
+        own dropout masks, so a resumed run continues exactly only if each gets its own back)."""
         trained = {"trained_model": self.model.state_dict()} if self.ema is not None else {}
         return {
             **inference_state(self.eval_model, self.vocab), **trained, "train_config": to_dict(self.cfg),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "step": self.step, "epoch": self.epoch, "position": self.position, "rng": rng,
+            "step": self.step, "epoch": self.epoch, "position": self.position, "rng": rng_ranks[0], "rng_ranks": rng_ranks,
             "best_bleu": self.best_bleu, "bad_validations": self.bad_validations,
         }
 
@@ -153,17 +158,21 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step, self.epoch, self.position = ckpt["step"], ckpt["epoch"], ckpt["position"]
         self.best_bleu, self.bad_validations = ckpt["best_bleu"], ckpt["bad_validations"]
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), self.device)
+        ranks = ckpt.get("rng_ranks", [])  # with another number of processes: rank 0's for all
+        rng = ranks[self.env.rank] if len(ranks) == self.env.world_size else ckpt["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         self._info(f"continuing the run in {self.run_dir} from step {self.step} (epoch {self.epoch}, batch {self.position})")
 
     def save_checkpoint(self, is_best: bool = False) -> None:
-        """step_N.pt, with last.pt (and best.pt) as links to it; older step files pruned."""
+        """step_N.pt, with last.pt (and best.pt) as links to it; older step files pruned.
+        Every process calls it (it gathers their RNG states); rank 0 writes."""
+        rng_ranks = distributed.gather(self.env, self._rng_state())
         if not self.env.is_main:
             return
         path = self.ckpt_dir / f"step_{self.step:07d}.pt"
-        save_atomic(self._state(), path)
+        save_atomic(self._state(rng_ranks), path)
         _link_atomic(path, self.ckpt_dir / "last.pt")
         if is_best:
             _link_atomic(path, self.ckpt_dir / "best.pt")
@@ -248,7 +257,7 @@ class Trainer:
 
     def _validate_and_save(self) -> bool:
         """Validate on rank 0, checkpoint, and return whether patience ran out (on all ranks)."""
-        stop = False
+        stop = is_best = False
         if self.env.is_main:
             start = time.perf_counter()
             metrics = self.validate()
@@ -261,7 +270,8 @@ class Trainer:
             self.log(f"step {self.step}: valid loss {metrics['valid_loss']:.3f} ppl {metrics['valid_ppl']:.2f} "
                      f"BLEU {metrics['bleu']:.2f} chrF {metrics['chrf']:.2f} (best {self.best_bleu:.2f}; "
                      f"{duration(time.perf_counter() - start)})")
-            self.save_checkpoint(is_best)
+        self.save_checkpoint(is_best)
+        if self.env.is_main:
             plot_metrics(self.metrics_path, self.run_dir / "curves.png")
             stop = 0 < self.cfg.eval.patience <= self.bad_validations
             if stop:

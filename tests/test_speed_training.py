@@ -1,5 +1,6 @@
 """The training side of the speed layer: CPU dropout (seq2seq.speed.dropout) against what dropout
 means, and the attention kernels CUDA training selects."""
+import pytest
 import torch
 from torch import nn
 
@@ -103,3 +104,28 @@ def test_train_compile_true_trains_through_the_compiled_objective(monkeypatch, t
     monkeypatch.setattr(trainer_module.speed, "compiled", lambda fn: calls.append(fn) or fn)
     train_tiny(tmp_path / "run", multi30k_slice, "compile=true", "optim.max_steps=2")
     assert calls == [trainer_module.objective]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_compiled_objective_on_cuda_matches_eager_in_fp32():
+    """Inductor's generated kernels (what compile=true runs on a GPU) against eager, dropout off."""
+    import copy
+
+    from conftest import pad_batch, random_sentences, tiny_model
+    from train.loss import objective
+
+    torch._dynamo.reset()
+    eager_model = tiny_model(seed=1).train().cuda()
+    compiled_model = copy.deepcopy(eager_model)
+    step = speed.compiled(objective)
+    for seed, n, width in [(4, 9, 11), (5, 6, 4)]:
+        src = pad_batch(random_sentences(n, 2, 9, 24, seed=seed)).cuda()
+        tgt = pad_batch(random_sentences(n, 2, width, 24, seed=seed + 10)).cuda()
+        args = (src, tgt[:, :-1], tgt[:, 1:], 0, 0.1, 0.0)
+        loss, _ = objective(eager_model, *args)
+        loss.backward()
+        got, _ = step(compiled_model, *args)
+        got.backward()
+        torch.testing.assert_close(got, loss, rtol=1e-4, atol=1e-4)
+        for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5)

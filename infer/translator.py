@@ -19,8 +19,8 @@ from infer.translate import encode_sources, translate_ids
 from seq2seq import speed
 from seq2seq.checkpoint import load, model_from_checkpoint
 from seq2seq.ensemble import Ensemble
-from seq2seq.speed.int8 import quantize_int8
 from seq2seq.model import Transformer
+from seq2seq.speed.int8 import quantize_int8
 from seq2seq.tokenizer import Vocabularies
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,7 +76,7 @@ class Translator:
         """The checkpoint's model, made faster where it runs (seq2seq.speed: on CPU in fp32, packed products)."""
         model, vocab = model_from_checkpoint(load(path), path)
         translator = cls(model, vocab, device, dtype, static)
-        if dtype != "int8":  # int8 has its own products
+        if translator.dtype != "int8":  # int8 has its own products
             speed.for_inference(translator.model)  # the model is ours alone: changed in place
         return translator
 

@@ -17,6 +17,17 @@ import torch
 from torch import nn
 
 
+def untie_output(model: nn.Module) -> nn.Module:
+    """Give a Transformer with a tied output projection an explicit nn.Linear reading the target
+    embedding table (the same parameter), so that a plug-in that swaps linear layers swaps the
+    projection too; in place, for inference only. Returns the model."""
+    if model.output_proj is None:
+        model.output_proj = nn.Linear(model.config.d_model, model.config.tgt_vocab_size, bias=False,
+                                      device=model.tgt_embed.weight.device, dtype=model.tgt_embed.weight.dtype)
+        model.output_proj.weight = model.tgt_embed.weight
+    return model
+
+
 def for_inference(model: nn.Module) -> nn.Module:
     """The model (a Transformer or an Ensemble of them, ours alone: changed in place) made
     faster for decoding where it sits: on CPU in fp32, its products packed (seq2seq.speed.packed)."""

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from seq2seq.model import Transformer
+from seq2seq.speed import untie_output
 
 
 def available() -> bool:
@@ -36,12 +37,9 @@ def quantize_int8(model: Transformer) -> Transformer:
     if not available():
         raise RuntimeError("this PyTorch build has no fbgemm quantized kernels (int8 on CPU)")
     torch.backends.quantized.engine = "fbgemm"
-    with torch.no_grad():
-        if model.output_proj is None:  # tied: the projection reads the target embedding table
-            model.output_proj = nn.Linear(model.config.d_model, model.config.tgt_vocab_size, bias=False)
-            model.output_proj.weight = nn.Parameter(model.tgt_embed.weight.detach().clone(), requires_grad=False)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated")
-            warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions")
-            torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8, inplace=True)
+    untie_output(model)  # the tied projection becomes a linear layer, quantized below like the rest
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions")
+        torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8, inplace=True)
     return model

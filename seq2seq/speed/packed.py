@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seq2seq.model import Transformer
+from seq2seq.speed import untie_output
 
 # The row count oneDNN lays a weight out for: a decoding step's rows are sentences x beams.
 ROWS_HINT = 128
@@ -61,11 +62,10 @@ def pack_for_cpu(model: Transformer, rows_hint: int = ROWS_HINT, keep_weights: b
         raise ValueError("pack_for_cpu needs an fp32 model on CPU")
     if not available():
         raise RuntimeError("this PyTorch build has no oneDNN packed linear kernels")
+    untie_output(model)  # the tied projection becomes a linear layer, packed below like the rest
     with torch.no_grad():
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(module, name, PackedLinear(child.weight, child.bias, rows_hint, keep_weights))
-        if model.output_proj is None:  # tied: the projection reads the target embedding table
-            model.output_proj = PackedLinear(model.tgt_embed.weight, None, rows_hint, keep_weights)
     return model.eval()

@@ -145,7 +145,7 @@ class Trainer:
         return {
             **inference_state(self.eval_model, self.vocab), **trained, "train_config": to_dict(self.cfg),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "step": self.step, "epoch": self.epoch, "position": self.position, "rng": rng_ranks[0], "rng_ranks": rng_ranks,
+            "step": self.step, "epoch": self.epoch, "position": self.position, "rng_ranks": rng_ranks,
             "best_bleu": self.best_bleu, "bad_validations": self.bad_validations,
         }
 
@@ -158,8 +158,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step, self.epoch, self.position = ckpt["step"], ckpt["epoch"], ckpt["position"]
         self.best_bleu, self.bad_validations = ckpt["best_bleu"], ckpt["bad_validations"]
-        ranks = ckpt.get("rng_ranks", [])  # with another number of processes: rank 0's for all
-        rng = ranks[self.env.rank] if len(ranks) == self.env.world_size else ckpt["rng"]
+        ranks = ckpt["rng_ranks"] if "rng_ranks" in ckpt else [ckpt["rng"]]  # "rng": checkpoints before rng_ranks
+        rng = ranks[self.env.rank] if len(ranks) == self.env.world_size else ranks[0]  # another process count: rank 0's
         torch.set_rng_state(rng["torch"].cpu())
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)

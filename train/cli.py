@@ -13,7 +13,7 @@ from seq2seq.checkpoint import CheckpointError, average, ensemble, save_atomic
 from seq2seq.config import ConfigError
 from seq2seq.data import DataError, load_split
 from train import distributed
-from train.config import TrainConfig, load_config
+from train.config import TrainConfig, in_recipe, load_config
 from train.progress import best_translations
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, OSError)  # OSError covers a failed member
@@ -84,9 +84,7 @@ def train_main(argv: list[str] | None = None) -> int:
         distributed.barrier(env)  # no process tears down its connections while another still uses them
         return 130 if summary["reason"] == "interrupted" else 0
     except USER_ERRORS as err:
-        if isinstance(err, DataError) and str(err).startswith("data."):  # a recipe key: FILE: KEY: message
-            err = DataError(f"{args.config}: {err}")
-        return _fail("seq2seq-train", err, args.debug)
+        return _fail("seq2seq-train", in_recipe(args.config, err), args.debug)
     except (Stopped, RuntimeError) as err:
         if args.debug or not under_torchrun or not (isinstance(err, Stopped) or distributed.lost_peer(err)):
             raise

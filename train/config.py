@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from infer.search import SearchConfig
 from seq2seq.config import ConfigError, ModelConfig, apply_overrides, build_config, load_yaml
-from seq2seq.data import DataConfig
+from seq2seq.data import DataConfig, DataError
 from seq2seq.tokenizer import VocabConfig
 from train.schedule import SCHEDULES
 
@@ -97,3 +97,11 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
 def to_dict(cfg) -> dict:
     """Plain nested dict (lists, not tuples) for checkpoints and logs."""
     return dataclasses.asdict(cfg)
+
+
+def in_recipe(path: str, err: Exception) -> Exception:
+    """err, with the recipe file named first where it is about a recipe key (a DataError that
+    starts with `data.`): FILE: KEY: message."""
+    if isinstance(err, DataError) and str(err).startswith("data."):
+        return DataError(f"{path}: {err}")
+    return err

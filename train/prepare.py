@@ -155,7 +155,7 @@ def _remove(folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from infer.cli import OneLineParser
     from seq2seq.config import ConfigError
-    from train.config import load_config
+    from train.config import in_recipe, load_config
 
     parser = OneLineParser(prog="seq2seq-prepare", description="Prepare a recipe's training split once, for every run.",
                            epilog="seq2seq-train prepares what it needs itself; this runs that step alone.")
@@ -166,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         prepared = ensure_prepared(cfg.data, cfg.vocab, cfg.model.eos_id, log=lambda m: print(m, file=sys.stderr))
     except (ConfigError, DataError, PreparedError, OSError) as err:
-        message = f"{args.config}: {err}" if isinstance(err, DataError) and str(err).startswith("data.") else err
-        print(f"seq2seq-prepare: error: {message}", file=sys.stderr)
+        print(f"seq2seq-prepare: error: {in_recipe(args.config, err)}", file=sys.stderr)
         return 2
     meta = prepared.meta
     print(f"{prepared.folder}: {meta['pairs']:,} pairs of {meta['read']:,} from {meta['name']}, dropped {meta['dropped']}")

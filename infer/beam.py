@@ -2,15 +2,15 @@
 
 Shapes: B sentences, K beam size, N = B * K decoder rows, M steps (the longest budget, plus
 EOS), V vocabulary, C = 2K candidates per sentence and step, F finished hypotheses kept per
-sentence: K under stop "current", n_best under "bound".
+sentence: n_best under stop "bound", else K.
 
 Each step ranks the C best extensions of a sentence's K live hypotheses. EOS among the top K
 finishes a hypothesis, which is set aside; the best K extensions that are not EOS stay live. A
-sentence is done once its budget is spent, or it has F finished hypotheses and its best live
-one cannot beat the worst of them: scored at its length were it to end next step (stop
-"current", with F = K, as Hugging Face's default stops), or at its budget (stop "bound", with
-F = n_best: exact, since no future can do better, but with a length penalty it rarely stops
-before the budget). As in greedy search, every tensor lives on the device with a fixed shape
+sentence is done once its budget is spent, or it has F finished hypotheses (stop "early", as
+fairseq and CTranslate2 stop), and under the other stops its best live one cannot beat the worst
+of them either: scored at its length were it to end next step ("current", as Hugging Face's
+default stops), or at its budget ("bound": exact, since no future can do better, but with a
+length penalty it rarely stops before the budget). As in greedy search, every tensor lives on the device with a fixed shape
 and the step reads no host value: a done sentence keeps stepping but changes nothing, until a
 dynamic batch drops it (keep).
 Re-ranking gathers the token histories and the decoder's ancestor table, never its K/V.
@@ -30,7 +30,7 @@ class BeamSearch:
 
     def __init__(self, decoder, ids: ModelConfig, cfg: SearchConfig, batch: int, steps: int, device: torch.device):
         self.decoder, self.ids, self.cfg, self.steps = decoder, ids, cfg, steps
-        k, f = cfg.beam_size, (cfg.beam_size if cfg.stop == "current" else cfg.n_best)
+        k, f = cfg.beam_size, (cfg.n_best if cfg.stop == "bound" else cfg.beam_size)
         self.max_lens = torch.zeros(batch, dtype=torch.long, device=device)  # each sentence's budget
         self.row_max_lens = torch.zeros(batch * k, dtype=torch.long, device=device)  # ... of each row
         self.budget_penalty = torch.ones(batch, device=device)  # length penalty at each budget
@@ -95,11 +95,13 @@ class BeamSearch:
 
         # Done (see the module docstring). Under "bound": log-probs only fall as a hypothesis
         # grows, and a penalty growing with length divides a negative log-prob by more.
-        live_best = self.scores[:, 0]
-        penalty = self.budget_penalty if cfg.stop == "bound" else cfg.length_penalty(t + 2)
-        reachable = torch.where(live_best < 0, live_best / penalty, live_best)
         worst = self.fin_scores[:, f - 1]
-        self.done.logical_or_((torch.isfinite(worst) & (worst >= reachable)) | (t >= self.max_lens))
+        settled = torch.isfinite(worst)
+        if cfg.stop != "early":
+            live_best = self.scores[:, 0]
+            penalty = self.budget_penalty if cfg.stop == "bound" else cfg.length_penalty(t + 2)
+            settled &= worst >= torch.where(live_best < 0, live_best / penalty, live_best)
+        self.done.logical_or_(settled | (t >= self.max_lens))
         self.t.add_(1)
 
     def _candidates(self, lp: Tensor, forced: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -46,8 +46,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-len", type=int, help="hard cap on output tokens (default 256)")
     g.add_argument("--min-len", type=int, help="no EOS before this many tokens (default 0)")
     g.add_argument("--stop", choices=STOPS,
-                   help="beam search: a sentence is done when its best live hypothesis, scored at its current length "
-                        "(current) or at its budget (bound: exact, slower), cannot beat the finished ones (default current)")
+                   help="beam search: a sentence is done once beam_size hypotheses are finished (early, as fairseq and "
+                        "CTranslate2 stop), and under current or bound once its best live hypothesis, scored at its current "
+                        "length or at its budget (exact, slower), cannot beat them either (default early)")
     g.add_argument("--sample", action="store_true",
                    help="draw each token from the model's distribution instead of searching; with --n-best N, N samples "
                         "per line (back-translation)")

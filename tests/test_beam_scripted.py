@@ -77,7 +77,8 @@ def search(search_cls, scripts, budget, cfg):
 
 
 def beam(scripts, budget, **cfg):
-    return search(BeamSearch, scripts, budget, SearchConfig(**{"beam_size": 2, **cfg}))
+    """Beam search, stop "current" unless cfg says otherwise (the hand derivations below assume it)."""
+    return search(BeamSearch, scripts, budget, SearchConfig(**{"beam_size": 2, "stop": "current", **cfg}))
 
 
 def test_beam_finds_the_better_hypothesis_and_stops_early():
@@ -120,6 +121,16 @@ def test_finished_hypotheses_are_set_aside_while_beams_go_on():
     assert [h.tokens for h in nbest] == [[B, C, C], [A, C]]
     assert [h.score for h in nbest] == pytest.approx([math.log(0.288) / 4, math.log(0.243) / 3])
     assert state.steps == 4
+
+
+def test_early_stop_ends_once_beam_size_are_finished():
+    """Averaging, stop "early": "a" finishes at step 2 and "a c" at step 3; two are finished, so
+    the sentence is done, though the live "b c c" (log 0.288 / 4 were it to end) would beat both,
+    as stop "current" finds above."""
+    (nbest,), state = beam([SCRIPT_LENGTH], budget=3, beam_size=2, n_best=2, length_norm="average", stop="early")
+    assert [h.tokens for h in nbest] == [[A, C], [A]]
+    assert [h.score for h in nbest] == pytest.approx([math.log(0.243) / 3, math.log(0.30) / 2])
+    assert state.steps == 3
 
 
 def test_budget_forces_eos_keeping_its_probability():

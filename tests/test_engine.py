@@ -130,9 +130,10 @@ def test_a_dynamic_batch_drops_its_finished_sentences(copy_model, monkeypatch):
             assert_same_hypotheses(g, e)
 
 
-def test_the_bound_stop_is_exact_and_the_current_one_stops_no_later(copy_model, monkeypatch):
+def test_the_bound_stop_is_exact_and_the_others_stop_no_later(copy_model, monkeypatch):
     """stop="bound" finds what running every sentence to its budget finds, though it stops
-    sooner; stop="current" stops no later than "bound"."""
+    sooner; stop="current" stops no later than "bound", and "early" sooner still (on these
+    sentences), with beam_size finished hypotheses for every sentence."""
     from infer.beam import BeamSearch
 
     src = pad_batch(random_sentences(6, 2, 6, 12, seed=12))
@@ -145,12 +146,13 @@ def test_the_bound_stop_is_exact_and_the_current_one_stops_no_later(copy_model, 
         self.budget_penalty.fill_(float("inf"))
 
     runs = {}
-    for stop, begin in [("bound", start), ("current", start), ("exhaustive", never_settled)]:
-        cfg = SearchConfig(beam_size=3, n_best=2, length_norm="none", max_len_a=1.0, max_len_b=6,
-                           stop="current" if stop == "current" else "bound")
+    for stop, begin in [("bound", start), ("current", start), ("early", start), ("exhaustive", never_settled)]:
+        cfg = SearchConfig(beam_size=3, n_best=3 if stop == "early" else 2, length_norm="none", max_len_a=1.0,
+                           max_len_b=6, stop="bound" if stop == "exhaustive" else stop)
         monkeypatch.setattr(BeamSearch, "start", begin)
         steps.clear()
         runs[stop] = (search(Engine(copy_model, static=False), src, cfg, False), len(steps))
     for g, e in zip(runs["bound"][0], runs["exhaustive"][0]):
         assert_same_hypotheses(g, e)
-    assert runs["current"][1] <= runs["bound"][1] < runs["exhaustive"][1]
+    assert runs["early"][1] < runs["current"][1] <= runs["bound"][1] < runs["exhaustive"][1]
+    assert all(len(hyps) == 3 for hyps in runs["early"][0])

@@ -99,8 +99,9 @@ def test_hf_generate_returns_our_greedy_and_beam_tokens(tmp_path, copy_model):
     cfg = dict(max_len_a=0.0, max_len_b=budget, max_len=budget)
     runs = [(dict(num_beams=1), greedy_search(model, src, SearchConfig(beam_size=1, **cfg)))]
     for norm, penalty in (("none", 0.0), ("average", 1.0)):
-        hyps = beam_search(model, src, SearchConfig(beam_size=4, length_norm=norm, **cfg))
-        runs.append((dict(num_beams=4, length_penalty=penalty, early_stopping="never"), [h[0] for h in hyps]))
+        for stop, theirs in (("current", "never"), ("early", True)):  # early: both stop at 4 finished
+            hyps = beam_search(model, src, SearchConfig(beam_size=4, length_norm=norm, stop=stop, **cfg))
+            runs.append((dict(num_beams=4, length_penalty=penalty, early_stopping=theirs), [h[0] for h in hyps]))
     ended = 0
     ids = Renumber(model.config)
     for kwargs, ours in runs:
@@ -121,7 +122,7 @@ def test_hf_generate_returns_our_greedy_and_beam_tokens(tmp_path, copy_model):
             assert our_score >= hf_score - 1e-4, (kwargs, theirs[i], mine[i], hf_score, our_score)
         ended += sum(len(h.tokens) < budget for h in ours)
     assert ended > 0  # some hypotheses ended by EOS before the budget
-    greedy, beam_none, beam_average = ([h.tokens for h in ours] for _, ours in runs)
+    greedy, beam_none, _, beam_average, _ = ([h.tokens for h in ours] for _, ours in runs)
     assert greedy != beam_none and beam_none != beam_average  # the beams matter: the test tells searches apart
 
 
@@ -189,7 +190,8 @@ def test_ctranslate2_conversion_of_the_export_decodes_greedy_like_us(tmp_path, c
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_ctranslate2_export_decodes_like_us_greedy_and_beam(tmp_path, copy_model, copy_model_pre_norm, norm):
     """seq2seq-export --format ctranslate2, pre-norm included: CTranslate2's greedy and beam tokens
-    are ours. Where a hypothesis reaches the length limit the two
+    are ours, raw log-probs with its early exit against our stop "current", and both defaults
+    (averaged, done once beam_size are finished). Where a hypothesis reaches the length limit the two
     count it differently (CTranslate2 stops without EOS, ours ends with a forced EOS), so the beam
     comparison gives both room to end by EOS first and compares the sentences that do."""
     ctranslate2 = pytest.importorskip("ctranslate2")
@@ -214,10 +216,16 @@ def test_ctranslate2_export_decodes_like_us_greedy_and_beam(tmp_path, copy_model
 
     long = 40
     ours = [h[0].tokens for h in beam_search(model, src, SearchConfig(beam_size=4, length_norm="none", max_len_a=0.0,
-                                                                      max_len_b=long, max_len=long))]
+                                                                      max_len_b=long, max_len=long, stop="current"))]
     got = [[tok.hf.token_to_id(p) for p in r.hypotheses[0]]
            for r in theirs(beam_size=4, length_penalty=0.0, max_decoding_length=long + 1, min_decoding_length=0)]
     ended = [i for i in range(len(src)) if max(len(ours[i]), len(got[i])) < long]
     assert len(ended) >= 28 and [got[i] for i in ended] == [ours[i] for i in ended]
+    ours = [h[0].tokens for h in beam_search(model, src, SearchConfig(beam_size=4, max_len_a=0.0, max_len_b=long,
+                                                                      max_len=long))]
+    got = [[tok.hf.token_to_id(p) for p in r.hypotheses[0]]
+           for r in theirs(beam_size=4, length_penalty=1.0, max_decoding_length=long + 1, min_decoding_length=0)]
+    ended = [i for i in range(len(src)) if max(len(ours[i]), len(got[i])) < long]
+    assert len(ended) >= 28 and [got[i] for i in ended] == [ours[i] for i in ended]  # both defaults: average, early
     export_ctranslate2(tmp_path / "model.pt", tmp_path / "int8", quantization="int8")
     assert ctranslate2.Translator(str(tmp_path / "int8"), device="cpu").translate_batch(sources[:2], beam_size=1)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from infer.search import Hypothesis, SearchConfig, log_probs
+from infer.search import Hypothesis, SearchConfig, log_probs, row_topk
 from seq2seq.cache import sentence_rows
 from seq2seq.config import ModelConfig
 
@@ -114,7 +114,7 @@ class BeamSearch:
         b, k = forced.shape
         eos_lp = lp[:, eos].clone()
         lp[:, eos] = float("-inf")
-        row_lp, row_tok = lp.topk(min(2 * k, lp.size(-1)), dim=-1)  # (N, C)
+        row_lp, row_tok = row_topk(lp, min(2 * k, lp.size(-1)))  # (N, C)
         row_lp = row_lp.masked_fill(forced.view(-1, 1), float("-inf"))  # a spent budget: EOS alone
         offered_lp = torch.cat([row_lp, eos_lp.unsqueeze(1)], dim=1)  # (N, C + 1)
         offered_tok = torch.cat([row_tok, torch.full_like(row_tok[:, :1], eos)], dim=1)

@@ -60,6 +60,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=None,
                    help="padded tokens per batch, beams included (default 16384 on CPU, 262144 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one, else cpu)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="CPU: batches translated at once, sharing the threads (default: one per thread, up to 4)")
     g.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                    help="weights and activations (default bf16 on CUDA, fp32 on CPU); int8 (CPU): linear layers' "
                         "weights in int8, activations quantized on the fly")
@@ -86,7 +88,7 @@ def _recipe_search(path: str) -> dict:
 def _load_translator(args):
     from infer.translator import Translator  # deferred: usage errors answer before torch loads
 
-    return Translator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    return Translator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, workers=args.workers)
 
 
 def _run(prog: str, debug: bool, body) -> int:

@@ -19,11 +19,17 @@ from seq2seq.model import Transformer
 
 
 class CachedDecoder:
-    """Encodes once, projects cross-attention K/V once, then runs one new position a step."""
+    """Encodes once, projects cross-attention K/V once, then runs one new position a step.
 
-    def __init__(self, model: Transformer, src: Tensor, beam_size: int, max_steps: int):
+    one_row_first: the first step runs one row per sentence, and every row of the sentence takes
+    its logits and its K/V: all of them start from BOS (or the same prefix) with the same source,
+    so the other G - 1 rows would compute the same. Not for a captured step, whose shapes are
+    fixed."""
+
+    def __init__(self, model: Transformer, src: Tensor, beam_size: int, max_steps: int, one_row_first: bool = False):
         self.model = model
         self.cache = model.init_cache(model.encode(src), model.padding_mask(src), beam_size, max_steps)
+        self.fresh = one_row_first and beam_size > 1  # the next step is the batch's first
 
     def load(self, src: Tensor) -> None:
         """A new batch of the shape this decoder was built for, in the same buffers."""
@@ -31,6 +37,13 @@ class CachedDecoder:
 
     def step(self, last: Tensor, span: int) -> Tensor:
         """last (N,) -> logits (N, V), attending over the first `span` positions."""
+        if self.fresh:
+            self.fresh = False
+            g = self.cache.beam_size
+            logits = self.model.step(last[::g], self.cache.first_slot())  # (B, V)
+            self.cache.share_first_position()
+            self.cache.advance()
+            return logits.repeat_interleave(g, dim=0)
         self.cache.span = span
         return self.model.step(last, self.cache)
 
@@ -94,8 +107,13 @@ class EnsembleDecoder:
             m.keep(sentences)
 
 
-def make_decoder(model: Transformer | Ensemble, src: Tensor, beam_size: int, max_steps: int, use_cache: bool = True):
-    """A decoder over src (B, S) for beam_size rows per sentence and max_steps positions."""
+def make_decoder(model: Transformer | Ensemble, src: Tensor, beam_size: int, max_steps: int, use_cache: bool = True,
+                 one_row_first: bool = False):
+    """A decoder over src (B, S) for beam_size rows per sentence and max_steps positions;
+    one_row_first: see CachedDecoder."""
     if isinstance(model, Ensemble):
-        return EnsembleDecoder([make_decoder(m, src, beam_size, max_steps, use_cache) for m in model.members])
-    return (CachedDecoder if use_cache else RecomputeDecoder)(model, src, beam_size, max_steps)
+        return EnsembleDecoder([make_decoder(m, src, beam_size, max_steps, use_cache, one_row_first)
+                                for m in model.members])
+    if not use_cache:
+        return RecomputeDecoder(model, src, beam_size, max_steps)
+    return CachedDecoder(model, src, beam_size, max_steps, one_row_first)

@@ -4,6 +4,8 @@ Shapes: B sentences in a batch, S source length.
 """
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -30,16 +32,30 @@ def encode_sources(
     return sources
 
 
+@contextlib.contextmanager
+def threads_each(workers: int):
+    """PyTorch's threads shared out among `workers` threads that run ops at once, then restored."""
+    total = torch.get_num_threads()
+    torch.set_num_threads(max(1, total // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(total)
+
+
 def translate_ids(
     engine: Engine, sources: list[list[int]], cfg: SearchConfig, max_tokens: int = 4096, greedy: bool = False,
-    progress: Callable[[int], None] | None = None, prefixes: list[list[int]] | None = None,
+    progress: Callable[[int], None] | None = None, prefixes: list[list[int]] | None = None, workers: int = 1,
 ) -> list[list[Hypothesis]]:
     """Search every source (ids with EOS) with the engine; per source, its n-best list, in input
     order. prefixes: per source, target ids (no EOS) its output must begin with; the budget
     stretches to hold a longer prefix.
 
     Batches group sources of similar length. A batch that runs out of GPU memory is split in
-    two and retried, so no sentence is lost or reordered.
+    two and retried, so no sentence is lost or reordered. workers > 1 (a dynamic engine, on
+    CPU): that many batches are searched at once, on threads that share PyTorch's threads out
+    (seq2seq-translate --workers): a decoding step is many small operations, and a core that
+    runs a batch of its own keeps busy where the cores of one batch would wait on each other.
     """
     mc = engine.model.config
     lengths = [len(s) for s in sources]
@@ -73,7 +89,16 @@ def translate_ids(
             progress(len(batch))
 
     rows = rows_per_sentence(cfg, greedy)  # beams or samples multiply the decoder's rows
-    for batch in batch_plan(lengths, out_lens, max(1, max_tokens // rows), 0, 0, shuffle=False):
-        run(batch)
+    plan = batch_plan(lengths, out_lens, max(1, max_tokens // rows), 0, 0, shuffle=False)
+    workers = min(workers, len(plan))
+    if workers <= 1:
+        for batch in plan:
+            run(batch)
+        return results
+    if engine.static:
+        raise ValueError("workers > 1 needs a dynamic engine: a static one reuses its buffers across batches")
+    with threads_each(workers), ThreadPoolExecutor(workers, thread_name_prefix="search") as pool:
+        for _ in pool.map(run, plan[::-1]):  # longest first, so no worker is left with one at the end
+            pass
     return results
 

@@ -30,6 +30,7 @@ DTYPE_NAMES = (*DTYPES, "int8")
 # rows as for thousands, and every batch shape captures its own graphs: a file of Multi30k goes
 # in one or two batches. A CPU step grows with its rows.
 MAX_TOKENS = {"cpu": 16384, "cuda": 262144}
+MAX_CPU_WORKERS = 4
 
 
 def _one_line(text: str) -> str:
@@ -41,6 +42,12 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_workers(device: str) -> int:
+    """Batches searched at once (infer.translate.translate_ids): on CPU one per PyTorch thread, up
+    to MAX_CPU_WORKERS; one on a GPU, which runs a batch's step as one captured graph."""
+    return min(torch.get_num_threads(), MAX_CPU_WORKERS) if torch.device(device).type == "cpu" else 1
+
+
 def default_dtype(device: str) -> str:
     """bf16 on a GPU (same BLEU within noise, half the bytes per step), fp32 on CPU."""
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
@@ -49,10 +56,12 @@ def default_dtype(device: str) -> str:
 class Translator:
     """A model and its vocabularies on one device, with one engine whose captured steps serve
     every later call. device None: CUDA where there is one (CPU for int8); dtype None: bf16
-    there, fp32 on CPU; int8 (CPU): the model's linear layers quantized in place."""
+    there, fp32 on CPU; int8 (CPU): the model's linear layers quantized in place. workers: on
+    CPU, batches searched at once, sharing PyTorch's threads (default: one per thread, up to
+    MAX_CPU_WORKERS)."""
 
     def __init__(self, model: Transformer | Ensemble, vocab: Vocabularies, device: str | None = None,
-                 dtype: str | None = None, static: bool | None = None):
+                 dtype: str | None = None, static: bool | None = None, workers: int | None = None):
         device = device or ("cpu" if dtype == "int8" else default_device())  # int8 runs on CPU
         dtype = dtype or default_dtype(device)
         if dtype not in DTYPE_NAMES:
@@ -69,15 +78,19 @@ class Translator:
                 quantize_int8(member)
         self.vocab = vocab
         self.engine = Engine(self.model, static=static)
+        if workers is not None and (workers < 1 or (workers > 1 and self.engine.static)):
+            raise ValueError(f"workers={workers}: expected 1, or more on CPU (batches searched at once)")
+        self.workers = workers or (1 if self.engine.static else default_workers(device))
 
     @classmethod
     def from_checkpoint(cls, path, device: str | None = None, dtype: str | None = None,
-                        static: bool | None = None) -> "Translator":
-        """The checkpoint's model, made faster where it runs (seq2seq.speed: on CPU in fp32, packed products)."""
+                        static: bool | None = None, workers: int | None = None) -> "Translator":
+        """The checkpoint's model, made faster where it runs (seq2seq.speed: on CPU, attention by
+        batched products and, in fp32, packed products)."""
         model, vocab = model_from_checkpoint(load(path), path)
-        translator = cls(model, vocab, device, dtype, static)
-        if translator.dtype != "int8":  # int8 has its own products
-            speed.for_inference(translator.model)  # the model is ours alone: changed in place
+        translator = cls(model, vocab, device, dtype, static, workers)
+        # The model is ours alone: changed in place. int8 has its own products.
+        speed.for_inference(translator.model, pack=translator.dtype != "int8")
         return translator
 
     @property
@@ -130,7 +143,7 @@ class Translator:
             for j, ids in enumerate(prefix_ids):
                 if len(ids) > limit:
                     raise ValueError(f"prefix of line {todo[j] + 1}: {len(ids)} tokens, more than the model's {limit}")
-        found = translate_ids(self.engine, sources, cfg, max_tokens, greedy, progress, prefix_ids)
+        found = translate_ids(self.engine, sources, cfg, max_tokens, greedy, progress, prefix_ids, self.workers)
         results = [[("", 0.0)] for _ in lines]
         for i, hyps in zip(todo, found):
             texts = self.vocab.tgt.decode_batch([h.tokens for h in hyps])

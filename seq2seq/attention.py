@@ -15,6 +15,9 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.n_heads = n_heads
         self.dropout = dropout
+        # softmax(q k^T / sqrt(Dh)) v with SDPA's signature; the speed layer may swap it for
+        # inference (seq2seq.speed.attention).
+        self.kernel = F.scaled_dot_product_attention
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -54,7 +57,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("is_causal applies to self-attention, which is never grouped")
             q = q.view(b, group, h, t, dh).transpose(1, 2).reshape(b, h, group * t, dh)
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        out = self.kernel(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
         if group > 1:
             out = out.view(b, h, group, t, dh).transpose(1, 2).reshape(n, h, t, dh)
         out = out.transpose(1, 2).reshape(n, t, h * dh)  # merge heads: (N, T, D)

@@ -77,11 +77,31 @@ class KVCache:
         """Shrink every buffer to these sentences (indices into the batch), for a batch whose
         finished sentences leave it. Buffers change size: not for a captured step."""
         rows = sentence_rows(sentences, self.beam_size)
-        self.self_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.self_kv]
+        # Compacted in place, and only the positions written so far: the rest is never read
+        # before a later step writes it.
+        n, written = sentences.numel(), int(self.length) * self.beam_size
+        for buffer in (b for kv in self.self_kv for b in kv):
+            buffer[:n, :, :written] = buffer[:, :, :written].index_select(0, sentences)
+        self.self_kv = [(k[:n], v[:n]) for k, v in self.self_kv]
         self.cross_kv = self.cross_kv.index_select(2, sentences)
         self.src_mask = self.src_mask.index_select(0, sentences)
         self.ancestors = self.ancestors.index_select(0, rows)
         self.own_slot = self.own_slot[: rows.numel()]
+
+    def first_slot(self) -> "KVCache":
+        """For a batch's first step on one row per sentence: a cache of one slot over the same
+        buffers, whose position 0 is slot 0's (index 0 in either layout). Only before anything
+        is written; afterwards the caller calls share_first_position and advance."""
+        view = KVCache([(k[:, :, : self.capacity], v[:, :, : self.capacity]) for k, v in self.self_kv],
+                       self.cross_kv, self.src_mask, 1)
+        view.span = 1
+        return view
+
+    def share_first_position(self) -> None:
+        """Slot 0's position 0 copied to every slot, as if each row had computed it."""
+        for k, v in self.self_kv:
+            k[:, :, 1 : self.beam_size] = k[:, :, :1]
+            v[:, :, 1 : self.beam_size] = v[:, :, :1]
 
     def advance(self) -> None:
         """One more position written; called once a step, after every layer wrote."""

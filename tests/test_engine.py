@@ -48,6 +48,19 @@ def test_static_engine_equals_the_dynamic_one_and_reuses_its_bucket(case, device
         assert len({len(h[0].tokens) for h in expected}) > 1
 
 
+def test_dynamic_beam_takes_its_first_step_on_one_row_per_sentence(copy_model, monkeypatch):
+    """Every beam of a sentence starts alike, so a dynamic batch's first step runs one row per
+    sentence (the static engine's full first step finds the same, above); later steps run them all."""
+    from seq2seq.model import Transformer
+
+    rows = []
+    step = Transformer.step
+    monkeypatch.setattr(Transformer, "step", lambda self, tokens, cache: rows.append(tokens.numel()) or step(self, tokens, cache))
+    src = pad_batch(random_sentences(4, 2, 6, 12, seed=5))
+    search(Engine(copy_model, static=False), src, SearchConfig(beam_size=3), False)
+    assert rows[0] == 4 and rows[1] == 12
+
+
 def test_static_engine_with_outputs_past_one_span_equals_the_reference(copy_model):
     """Budgets over SPAN tokens: steps attend over a second span bucket."""
     cfg = SearchConfig(beam_size=2, max_len_a=0, max_len_b=SPAN + 5, min_len=SPAN + 5)

@@ -7,7 +7,9 @@ import torch
 
 from infer.engine import beam_search, greedy_search
 from infer.search import SearchConfig
+from seq2seq.attention import MultiHeadAttention
 from seq2seq.speed import packed
+from seq2seq.speed.attention import products_attention
 from tests.conftest import pad_batch, random_sentences, tiny_model
 
 pytestmark = pytest.mark.skipif(not packed.available(), reason="no oneDNN in this PyTorch build")
@@ -41,6 +43,7 @@ def test_translator_from_checkpoint_packs_on_cpu_and_translates_the_same(tmp_pat
     ckpt = train_tiny(tmp_path / "run", multi30k_slice)
     fast = Translator.from_checkpoint(ckpt)
     assert any(isinstance(m, packed.PackedLinear) for m in fast.model.modules())
+    assert all(m.kernel is products_attention for m in fast.model.modules() if isinstance(m, MultiHeadAttention))
     plain = Translator(*model_from_checkpoint(load(ckpt), ckpt))
     assert not any(isinstance(m, packed.PackedLinear) for m in plain.model.modules())
     lines = (multi30k_slice / "val.de").read_text(encoding="utf-8").splitlines()[:10]

@@ -120,3 +120,27 @@ def test_search_config_rejects_bad_values():
         SearchConfig(length_norm="sqrt")
     with pytest.raises(ValueError, match="beam_size"):
         SearchConfig(beam_size=0)
+
+
+@pytest.mark.parametrize("v", [8000, 8003, 40])
+def test_row_topk_equals_topk(v):
+    """The vocabulary-wide selection through slice maxima returns topk's values and columns,
+    with -inf entries (banned tokens) and when V does not divide into the slices; a small V
+    falls back to topk itself."""
+    import torch
+
+    from infer.search import row_topk
+
+    g = torch.Generator().manual_seed(v)
+    x = torch.randn(33, v, generator=g)
+    x[:, :5] = float("-inf")
+    x[3, 100 % v] = 50.0  # one row with an outlier
+    x[5, v - 1] = 40.0  # one in the last column (past the slices when V % 8)
+    x[4] = float("-inf")
+    x[4, :12] = torch.arange(12.0)  # a row where only 12 - 5 = 7 columns are finite: -inf fill the rest
+    values, cols = row_topk(x, 10)
+    expected = x.topk(10, dim=-1)
+    assert torch.equal(values, expected.values)
+    finite = torch.isfinite(values)
+    assert torch.equal(cols[finite], expected.indices[finite])
+    assert torch.equal(x.gather(1, cols), values)

@@ -3,6 +3,7 @@ cache and search code neither import nor branch on.
 
 - packed.py: on CPU in fp32, every linear layer swapped for one that multiplies a weight laid
   out once for oneDNN's packed product.
+- attention.py: on CPU, attention by batched products instead of the flash kernel.
 - int8.py: on CPU, every linear layer dynamically quantized to int8 (--dtype int8).
 - graphs.py: a decoding step captured once as a CUDA graph and replayed (infer.engine).
 - dropout.py: on CPU, training's dropout masks drawn four elements per random word.
@@ -28,13 +29,19 @@ def untie_output(model: nn.Module) -> nn.Module:
     return model
 
 
-def for_inference(model: nn.Module) -> nn.Module:
+def for_inference(model: nn.Module, pack: bool = True) -> nn.Module:
     """The model (a Transformer or an Ensemble of them, ours alone: changed in place) made
-    faster for decoding where it sits: on CPU in fp32, its products packed (seq2seq.speed.packed)."""
+    faster for decoding where it sits: on CPU, attention by batched products
+    (seq2seq.speed.attention), and in fp32 its products packed (seq2seq.speed.packed) unless
+    pack is False (int8 has its own)."""
     from seq2seq.speed import packed
+    from seq2seq.speed.attention import use_products_attention
 
     first = next(model.parameters())
-    if first.device.type != "cpu" or first.dtype != torch.float32 or not packed.available():
+    if first.device.type != "cpu":
+        return model
+    use_products_attention(model)
+    if not pack or first.dtype != torch.float32 or not packed.available():
         return model
     for member in getattr(model, "members", [model]):
         packed.pack_for_cpu(member)

@@ -61,7 +61,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="padded tokens per batch, beams included (default 16384 on CPU, 262144 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one, else cpu)")
     g.add_argument("--workers", type=int, default=None,
-                   help="CPU: batches translated at once, sharing the threads (default: one per thread, up to 4)")
+                   help="CPU: batches translated at once, sharing the threads (default: one per thread up to 4 threads, else 1)")
     g.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                    help="weights and activations (default bf16 on CUDA, fp32 on CPU); int8 (CPU): linear layers' "
                         "weights in int8, activations quantized on the fly")

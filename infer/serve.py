@@ -177,7 +177,8 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="fp32, bf16, fp16 or int8 (CPU)")
-    p.add_argument("--workers", type=int, default=None, help="CPU: batches translated at once (default: one per thread, up to 4)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="CPU: batches translated at once (default: one per thread up to 4 threads, else 1)")
     p.add_argument("--max-sentences", type=int, default=Limits.max_sentences, help="sentences per request")
     p.add_argument("--max-chars", type=int, default=Limits.max_chars, help="characters per sentence")
     p.add_argument("--max-batch-sentences", type=int, default=Limits.max_batch_sentences, help="sentences per engine call")
@@ -190,7 +191,8 @@ def serve_main(argv: list[str] | None = None) -> int:
 
         from infer.translator import Translator
 
-        translator = Translator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, workers=args.workers)
+        translator = Translator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype,
+                                                workers=args.workers)
         limits = Limits(args.max_sentences, args.max_chars, args.max_batch_sentences, args.batch_wait_ms)
         app = create_app(translator, limits, name=args.checkpoint)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)

@@ -43,9 +43,13 @@ def default_device() -> str:
 
 
 def default_workers(device: str) -> int:
-    """Batches searched at once (infer.translate.translate_ids): on CPU one per PyTorch thread, up
-    to MAX_CPU_WORKERS; one on a GPU, which runs a batch's step as one captured graph."""
-    return min(torch.get_num_threads(), MAX_CPU_WORKERS) if torch.device(device).type == "cpu" else 1
+    """Batches searched at once (infer.translate.translate_ids). On a CPU with at most
+    MAX_CPU_WORKERS threads, one per thread: on 2 cores, translating Multi30k's test set with beam
+    5 took 1/1.15 of the time with two single-threaded workers; on 16 cores, more workers gained
+    nothing (docs/RESULTS.md), so there one worker takes every thread. One on a GPU, which runs a
+    batch's step as one captured graph."""
+    threads = torch.get_num_threads()
+    return threads if torch.device(device).type == "cpu" and threads <= MAX_CPU_WORKERS else 1
 
 
 def default_dtype(device: str) -> str:
@@ -57,8 +61,7 @@ class Translator:
     """A model and its vocabularies on one device, with one engine whose captured steps serve
     every later call. device None: CUDA where there is one (CPU for int8); dtype None: bf16
     there, fp32 on CPU; int8 (CPU): the model's linear layers quantized in place. workers: on
-    CPU, batches searched at once, sharing PyTorch's threads (default: one per thread, up to
-    MAX_CPU_WORKERS)."""
+    CPU, batches searched at once, sharing PyTorch's threads (default_workers)."""
 
     def __init__(self, model: Transformer | Ensemble, vocab: Vocabularies, device: str | None = None,
                  dtype: str | None = None, static: bool | None = None, workers: int | None = None):

@@ -169,3 +169,41 @@ def test_the_bound_stop_is_exact_and_the_others_stop_no_later(copy_model, monkey
         assert_same_hypotheses(g, e)
     assert runs["early"][1] <= runs["current"][1] <= runs["bound"][1] < runs["exhaustive"][1]
     assert all(len(hyps) == 3 for hyps in runs["early"][0])
+
+
+def test_workers_search_batches_at_once_and_find_the_same(copy_model, monkeypatch):
+    """translate_ids with workers: the batches run on that many threads at once (seen from the
+    threads they ran on), each sentence's results are those of one worker, in input order, and
+    PyTorch's thread count is what it was."""
+    import threading
+
+    from infer.translate import translate_ids
+
+    sources = [s + [copy_model.config.eos_id] for s in random_sentences(40, 1, 6, 12, seed=21)]
+    cfg = SearchConfig(beam_size=3, n_best=2)
+    threads = torch.get_num_threads()
+    seen = set()
+    search_fn = Engine.search
+    monkeypatch.setattr(Engine, "search", lambda self, *a, **k: seen.add(threading.get_ident()) or search_fn(self, *a, **k))
+    engine = Engine(copy_model, static=False)
+    one = translate_ids(engine, sources, cfg, max_tokens=3 * 40, workers=1)
+    assert len(seen) == 1
+    seen.clear()
+    three = translate_ids(engine, sources, cfg, max_tokens=3 * 40, workers=3)
+    assert len(seen) == 3 and torch.get_num_threads() == threads
+    for a, b in zip(one, three):
+        assert_same_hypotheses(a, b)
+    with pytest.raises(ValueError, match="dynamic engine"):
+        translate_ids(Engine(copy_model, static=True), sources, cfg, max_tokens=3 * 40, workers=2)
+
+
+def test_translator_workers_default_and_refusals(copy_model):
+    from infer.translator import MAX_CPU_WORKERS, Translator
+
+    threads = torch.get_num_threads()
+    assert Translator(copy.deepcopy(copy_model), vocab=None, device="cpu").workers == (
+        threads if threads <= MAX_CPU_WORKERS else 1)
+    assert Translator(copy.deepcopy(copy_model), vocab=None, device="cpu", static=True).workers == 1
+    for bad in (dict(workers=0), dict(workers=2, static=True)):
+        with pytest.raises(ValueError, match="workers="):
+            Translator(copy.deepcopy(copy_model), vocab=None, device="cpu", **bad)

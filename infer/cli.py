@@ -48,7 +48,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", choices=STOPS,
                    help="beam search: a sentence is done once beam_size hypotheses are finished (early, as fairseq and "
                         "CTranslate2 stop), and under current or bound once its best live hypothesis, scored at its current "
-                        "length or at its budget (exact, slower), cannot beat them either (default early)")
+                        "length or at its budget (exact, slower), cannot beat them either (default current)")
     g.add_argument("--sample", action="store_true",
                    help="draw each token from the model's distribution instead of searching; with --n-best N, N samples "
                         "per line (back-translation)")

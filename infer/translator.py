@@ -103,7 +103,7 @@ class Translator:
     def translate(
         self, lines: list[str], beam_size: int = 5, n_best: int | None = None, length_norm: str = "average",
         alpha: float = 0.6, max_len_a: float = 1.5, max_len_b: int = 10, max_len: int = 256, min_len: int = 0,
-        stop: str = "early", greedy: bool = False, max_tokens: int | None = None,
+        stop: str = "current", greedy: bool = False, max_tokens: int | None = None,
         on_truncate: Callable[[int, int], None] | None = None, progress: Callable[[int], None] | None = None,
         sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
         prefixes: list[str] | None = None,

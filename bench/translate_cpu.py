@@ -11,7 +11,9 @@ and greedy, every toolkit as a whole process, timed from start to exit:
   length, translates batches of 64 with translate_batch at our output budget (1.5 * the batch's
   longest source + 10, max_decoding_length), and writes the detokenized text;
 - HF: the same loop with MarianMTModel.generate (first round only: it is far slower);
-- ours in int8 (`--dtype int8`) against CTranslate2 int8.
+- ours in int8 (`--dtype int8`) against CTranslate2 int8;
+- at beam 5, ours with `--stop early`, CTranslate2's stopping rule (done once beam_size
+  hypotheses are finished), against CTranslate2 fp32.
 Rounds alternate the order of the toolkits, and ratios are CTranslate2's seconds over ours in
 the same round (median over rounds): this machine's speed drifts between minutes.
 Prints one JSON object and writes it to --json.
@@ -140,6 +142,8 @@ def main() -> None:
                 "ct2_fp32": (peer("ct2", "ct2_float32", "ct2.en"), "ct2.en"),
                 "ct2_int8": (peer("ct2", "ct2_int8", "ct2_int8.en"), "ct2_int8.en"),
                 "hf": (peer("hf", "hf", "hf.en"), "hf.en")}
+        if beam > 1:  # CTranslate2's stopping rule: done once beam_size hypotheses are finished
+            runs["ours_early"] = (ours_cmd("ours_early.en", "--stop", "early"), "ours_early.en")
         seconds = {k: [] for k in runs}
         for r in range(args.rounds):
             names = list(runs) if r % 2 == 0 else list(runs)[::-1]
@@ -157,6 +161,9 @@ def main() -> None:
         cell["ct2_fp32_over_ours"] = round(statistics.median(pairs), 3)
         pairs = [c / o for c, o in zip(seconds["ct2_int8"], seconds["ours_int8"])]
         cell["ct2_int8_over_ours_int8"] = round(statistics.median(pairs), 3)
+        if beam > 1:
+            pairs = [c / o for c, o in zip(seconds["ct2_fp32"], seconds["ours_early"])]
+            cell["ct2_fp32_over_ours_early"] = round(statistics.median(pairs), 3)
         cell["fresh_over_warm"] = round(cell["ours_fresh_cache_s"] / cell["ours"]["median_s"], 3)
         result["cells"].append(cell)
         save()

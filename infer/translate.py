@@ -90,7 +90,7 @@ def translate_ids(
 
     rows = rows_per_sentence(cfg, greedy)  # beams or samples multiply the decoder's rows
     plan = batch_plan(lengths, out_lens, max(1, max_tokens // rows), 0, 0, shuffle=False)
-    workers = min(workers, len(plan))
+    workers = min(workers, len(plan) // 2)  # a worker per batch or two would wait on the longest
     if workers <= 1:
         for batch in plan:
             run(batch)

@@ -4,8 +4,9 @@ A beam search step asks little of attention: a few queries per sentence (its bea
 few dozen keys. PyTorch's CPU flash kernel tiles for long sequences, and at these shapes its
 per-block setup outweighs the arithmetic; two batched products (MKL) and a softmax do the same
 work in less time. With one query per sentence (greedy search) the two were level, and
-PyTorch's kernel runs. On our 2-core AMD EPYC, translating Multi30k's test set with beam 5 took about 5% less time
-than with the flash kernel, alternating in one process, with the same output.
+PyTorch's kernel runs. On our 2-core AMD EPYC, translating Multi30k's test set with beam 5
+took about 5% less time than with the flash kernel, alternating in one process, with the same
+output.
 
 Shapes: B batch, H heads, T queries, L keys, Dh head dim. Masks are boolean, True where a query
 may attend, broadcast to (B, H, T, L).

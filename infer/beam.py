@@ -10,9 +10,9 @@ sentence is done once its budget is spent, or it has F finished hypotheses (stop
 fairseq and CTranslate2 stop), and under the other stops its best live one cannot beat the worst
 of them either: scored at its length were it to end next step ("current", as Hugging Face's
 default stops), or at its budget ("bound": exact, since no future can do better, but with a
-length penalty it rarely stops before the budget). As in greedy search, every tensor lives on the device with a fixed shape
-and the step reads no host value: a done sentence keeps stepping but changes nothing, until a
-dynamic batch drops it (keep).
+length penalty it rarely stops before the budget). As in greedy search, every tensor lives on
+the device with a fixed shape and the step reads no host value: a done sentence keeps stepping
+but changes nothing, until a dynamic batch drops it (keep).
 Re-ranking gathers the token histories and the decoder's ancestor table, never its K/V.
 """
 from __future__ import annotations

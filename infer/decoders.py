@@ -21,15 +21,17 @@ from seq2seq.model import Transformer
 class CachedDecoder:
     """Encodes once, projects cross-attention K/V once, then runs one new position a step.
 
-    one_row_first: the first step runs one row per sentence, and every row of the sentence takes
-    its logits and its K/V: all of them start from BOS (or the same prefix) with the same source,
-    so the other G - 1 rows would compute the same. Not for a captured step, whose shapes are
-    fixed."""
+    dynamic: built for this batch alone, whose steps read exactly the positions written (not a
+    captured step, whose shapes are fixed and whose span is rounded up). Then the first step
+    runs one row per sentence, and every row of the sentence takes its logits and its K/V: all
+    of them start from BOS (or the same prefix) with the same source, so the other G - 1 rows
+    would compute the same; and the K/V buffers are not zeroed first."""
 
-    def __init__(self, model: Transformer, src: Tensor, beam_size: int, max_steps: int, one_row_first: bool = False):
+    def __init__(self, model: Transformer, src: Tensor, beam_size: int, max_steps: int, dynamic: bool = False):
         self.model = model
-        self.cache = model.init_cache(model.encode(src), model.padding_mask(src), beam_size, max_steps)
-        self.fresh = one_row_first and beam_size > 1  # the next step is the batch's first
+        self.cache = model.init_cache(model.encode(src), model.padding_mask(src), beam_size, max_steps,
+                                      zeroed=not dynamic)
+        self.fresh = dynamic and beam_size > 1  # the next step is the batch's first
 
     def load(self, src: Tensor) -> None:
         """A new batch of the shape this decoder was built for, in the same buffers."""
@@ -108,12 +110,12 @@ class EnsembleDecoder:
 
 
 def make_decoder(model: Transformer | Ensemble, src: Tensor, beam_size: int, max_steps: int, use_cache: bool = True,
-                 one_row_first: bool = False):
+                 dynamic: bool = False):
     """A decoder over src (B, S) for beam_size rows per sentence and max_steps positions;
-    one_row_first: see CachedDecoder."""
+    dynamic: see CachedDecoder."""
     if isinstance(model, Ensemble):
-        return EnsembleDecoder([make_decoder(m, src, beam_size, max_steps, use_cache, one_row_first)
+        return EnsembleDecoder([make_decoder(m, src, beam_size, max_steps, use_cache, dynamic)
                                 for m in model.members])
     if not use_cache:
         return RecomputeDecoder(model, src, beam_size, max_steps)
-    return CachedDecoder(model, src, beam_size, max_steps, one_row_first)
+    return CachedDecoder(model, src, beam_size, max_steps, dynamic)

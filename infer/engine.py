@@ -66,7 +66,7 @@ class Engine:
         (B, P) and lengths (B,) on the device that each sentence's output must begin with."""
         steps = int(max_lens.max()) + 1  # the longest budget, then EOS
         if not self.static or cfg.sample or prefix is not None:  # a generator or a prefix: not captured
-            decoder, search = self._build(src, cfg, greedy, steps, one_row_first=True)
+            decoder, search = self._build(src, cfg, greedy, steps, dynamic=True)
             search.start(max_lens.to(self.device), prefix)
             return run(search, steps, self.check_every, shrink=decoder)
         batch = src.size(0)
@@ -82,8 +82,8 @@ class Engine:
             self.pool = None
             raise
 
-    def _build(self, src: Tensor, cfg: SearchConfig, greedy: bool, steps: int, one_row_first: bool = False):
-        decoder = make_decoder(self.model, src, rows_per_sentence(cfg, greedy), steps, self.use_cache, one_row_first)
+    def _build(self, src: Tensor, cfg: SearchConfig, greedy: bool, steps: int, dynamic: bool = False):
+        decoder = make_decoder(self.model, src, rows_per_sentence(cfg, greedy), steps, self.use_cache, dynamic)
         search_cls = GreedySearch if greedy else BeamSearch
         return decoder, search_cls(decoder, self.model.config, cfg, src.size(0), steps, self.device)
 

@@ -32,6 +32,25 @@ def encode_sources(
     return sources
 
 
+def worker_plan(lengths: list[int], out_lens: list[int], max_tokens: int, workers: int) -> list[list[int]]:
+    """Batches for `workers` searching at once, most costly first: a count that the workers
+    share evenly, each batch as close to the same cost (rows x longest side) as the greedy cut
+    allows. The plain cut leaves a last batch of whatever remains, and a worker left alone with
+    it runs on its share of the threads while the others' cores wait."""
+    plan = batch_plan(lengths, out_lens, max_tokens, 0, 0, shuffle=False)
+    wanted = -(-len(plan) // workers) * workers
+    low, high = 1, max_tokens  # the smallest budget cut into at most `wanted` batches
+    while low < high:
+        mid = (low + high) // 2
+        if len(batch_plan(lengths, out_lens, mid, 0, 0, shuffle=False)) <= wanted:
+            high = mid
+        else:
+            low = mid + 1
+    plan = batch_plan(lengths, out_lens, low, 0, 0, shuffle=False)
+    cost = lambda batch: len(batch) * max(max(lengths[i], out_lens[i]) for i in batch)  # noqa: E731
+    return sorted(plan, key=cost, reverse=True)
+
+
 @contextlib.contextmanager
 def threads_each(workers: int):
     """PyTorch's threads shared out among `workers` threads that run ops at once, then restored."""
@@ -89,7 +108,8 @@ def translate_ids(
             progress(len(batch))
 
     rows = rows_per_sentence(cfg, greedy)  # beams or samples multiply the decoder's rows
-    plan = batch_plan(lengths, out_lens, max(1, max_tokens // rows), 0, 0, shuffle=False)
+    tokens = max(1, max_tokens // rows)
+    plan = batch_plan(lengths, out_lens, tokens, 0, 0, shuffle=False)
     workers = min(workers, len(plan) // 2)  # a worker per batch or two would wait on the longest
     if workers <= 1:
         for batch in plan:
@@ -98,7 +118,7 @@ def translate_ids(
     if engine.static:
         raise ValueError("workers > 1 needs a dynamic engine: a static one reuses its buffers across batches")
     with threads_each(workers), ThreadPoolExecutor(workers, thread_name_prefix="search") as pool:
-        for _ in pool.map(run, plan[::-1]):  # longest first, so no worker is left with one at the end
+        for _ in pool.map(run, worker_plan(lengths, out_lens, tokens, workers)):
             pass
     return results
 

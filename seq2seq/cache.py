@@ -46,10 +46,14 @@ class KVCache:
         self.step_mask: Tensor | None = None  # built by layer 0 each step, read by the others
 
     @classmethod
-    def allocate(cls, cross_kv: Tensor, src_mask: Tensor, beam_size: int, max_len: int) -> "KVCache":
-        """Empty self-attention buffers for max_len positions of beam_size rows per sentence."""
+    def allocate(cls, cross_kv: Tensor, src_mask: Tensor, beam_size: int, max_len: int,
+                 zeroed: bool = True) -> "KVCache":
+        """Self-attention buffers for max_len positions of beam_size rows per sentence. zeroed:
+        filled with zeros, for steps that read positions not yet written (a span rounded up),
+        where a masked key still meets its value in the product and garbage could be NaN."""
         y, _, b, h, _, dh = cross_kv.shape
-        buffer = lambda: cross_kv.new_zeros(b, h, max_len * beam_size, dh)  # noqa: E731
+        new = cross_kv.new_zeros if zeroed else cross_kv.new_empty
+        buffer = lambda: new(b, h, max_len * beam_size, dh)  # noqa: E731
         return cls([(buffer(), buffer()) for _ in range(y)], cross_kv, src_mask, beam_size)
 
     @property

@@ -79,13 +79,14 @@ class Transformer(nn.Module):
         (Y, 2, B, H, S, Dh)."""
         return torch.stack([torch.stack(layer.cross_attn.project_kv(memory)) for layer in self.decoder_layers])
 
-    def init_cache(self, memory: Tensor, src_mask: Tensor, beam_size: int = 1, max_len: int | None = None) -> KVCache:
+    def init_cache(self, memory: Tensor, src_mask: Tensor, beam_size: int = 1, max_len: int | None = None,
+                   zeroed: bool = True) -> KVCache:
         """A cache over memory (B, S, D), src_mask (B, 1, 1, S) for beam_size rows per sentence
-        and max_len target positions (default max_positions)."""
+        and max_len target positions (default max_positions); zeroed: see KVCache.allocate."""
         max_len = self.config.max_positions if max_len is None else max_len
         if not 0 < max_len <= self.config.max_positions:
             raise ValueError(f"max_len={max_len} must be in [1, max_positions={self.config.max_positions}]")
-        return KVCache.allocate(self.cross_kv(memory), src_mask, beam_size, max_len)
+        return KVCache.allocate(self.cross_kv(memory), src_mask, beam_size, max_len, zeroed)
 
     def step(self, tokens: Tensor, cache: KVCache) -> Tensor:
         """Decode each row's newest token (N,) at the cache's position; writes its K/V and

@@ -61,6 +61,38 @@ def test_dynamic_beam_takes_its_first_step_on_one_row_per_sentence(copy_model, m
     assert rows[0] == 4 and rows[1] == 12
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_dynamic_engine_reads_only_the_positions_it_wrote(copy_model, monkeypatch, greedy):
+    """A dynamic batch's K/V buffers start unfilled: with NaN there, it finds what the uncached
+    reference finds. The static engine reads past the positions written (a span rounded up),
+    and there the same NaN would reach the scores: it needs its zeros."""
+    from seq2seq.cache import KVCache
+
+    allocate = KVCache.allocate.__func__
+    unfilled = []
+
+    def nan_filled(cls, cross_kv, src_mask, beam_size, max_len, zeroed=True):
+        cache = allocate(cls, cross_kv, src_mask, beam_size, max_len, zeroed)
+        if not zeroed:
+            unfilled.append(cache)
+            for buffer in (b for kv in cache.self_kv for b in kv):
+                buffer.fill_(float("nan"))
+        return cache
+
+    cfg = SearchConfig(beam_size=1 if greedy else 3, n_best=1 if greedy else 2)
+    src = pad_batch(random_sentences(5, 1, 6, 12, seed=9))
+    expected = search(Engine(copy_model, static=False, use_cache=False), src, cfg, greedy)
+    monkeypatch.setattr(KVCache, "allocate", classmethod(nan_filled))
+    for g, e in zip(search(Engine(copy_model, static=False), src, cfg, greedy), expected):
+        assert_same_hypotheses(g, e)
+    assert unfilled  # the premise: the dynamic engine's buffers were left unfilled
+
+    monkeypatch.setattr(KVCache, "allocate", classmethod(lambda cls, *a: nan_filled(cls, *a[:4], zeroed=False)))
+    static = search(Engine(copy_model, static=True), src, cfg, greedy)
+    assert any(h.score != h.score for hyps in static for h in hyps) or [
+        [h.tokens for h in hyps] for hyps in static] != [[h.tokens for h in hyps] for hyps in expected]
+
+
 def test_static_engine_with_outputs_past_one_span_equals_the_reference(copy_model):
     """Budgets over SPAN tokens: steps attend over a second span bucket."""
     cfg = SearchConfig(beam_size=2, max_len_a=0, max_len_b=SPAN + 5, min_len=SPAN + 5)
@@ -195,6 +227,29 @@ def test_workers_search_batches_at_once_and_find_the_same(copy_model, monkeypatc
         assert_same_hypotheses(a, b)
     with pytest.raises(ValueError, match="dynamic engine"):
         translate_ids(Engine(copy_model, static=True), sources, cfg, max_tokens=3 * 40, workers=2)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_worker_plan_shares_batches_of_like_cost_evenly(workers):
+    """Every sentence once, in a count of batches the workers share evenly, none over the
+    budget, the most costly first, and closer in cost than the plain greedy cut (whose last
+    batch holds what remains)."""
+    from infer.translate import worker_plan
+    from seq2seq.batching import batch_plan
+
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.randint(3, 40, (500,), generator=g).tolist()
+    out_lens = [int(1.5 * n) + 11 for n in lengths]
+    cost = lambda batch: len(batch) * max(max(lengths[i], out_lens[i]) for i in batch)  # noqa: E731
+    budget = 2000
+    plain = batch_plan(lengths, out_lens, budget, 0, 0, shuffle=False)
+    plan = worker_plan(lengths, out_lens, budget, workers)
+    assert sorted(i for batch in plan for i in batch) == list(range(500))
+    assert len(plan) % workers == 0 and len(plan) >= len(plain)
+    costs = [cost(b) for b in plan]
+    assert costs == sorted(costs, reverse=True) and costs[0] <= budget
+    plain_costs = [cost(b) for b in plain]
+    assert max(costs) - min(costs) < max(plain_costs) - min(plain_costs)
 
 
 def test_translator_workers_default_and_refusals(copy_model):

@@ -58,7 +58,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="--sample: only the most probable tokens whose probability reaches p (default 1: all)")
     g.add_argument("--seed", type=int, default=0, help="--sample: the generator's seed, set for every batch (default 0)")
     g.add_argument("--max-tokens", type=int, default=None,
-                   help="padded tokens per batch, beams included (default 16384 on CPU, 262144 on CUDA)")
+                   help="padded tokens per batch, beams included (default 32768 on CPU, 262144 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda where there is one, else cpu)")
     g.add_argument("--workers", type=int, default=None,
                    help="CPU: batches translated at once, sharing the threads (default: one per thread up to 4 threads, else 1)")

@@ -32,13 +32,18 @@ def encode_sources(
     return sources
 
 
+# Sentences a worker's batch holds at least: a file of fewer than two such batches per worker
+# runs on fewer workers.
+MIN_WORKER_BATCH = 32
+
+
 def worker_plan(lengths: list[int], out_lens: list[int], max_tokens: int, workers: int) -> list[list[int]]:
     """Batches for `workers` searching at once, most costly first: a count that the workers
-    share evenly, each batch as close to the same cost (rows x longest side) as the greedy cut
-    allows. The plain cut leaves a last batch of whatever remains, and a worker left alone with
-    it runs on its share of the threads while the others' cores wait."""
+    share evenly, two each at least, each batch as close to the same cost (rows x longest side)
+    as the greedy cut allows. The plain cut leaves a last batch of whatever remains, and a worker
+    left alone with it runs on its share of the threads while the others' cores wait."""
     plan = batch_plan(lengths, out_lens, max_tokens, 0, 0, shuffle=False)
-    wanted = -(-len(plan) // workers) * workers
+    wanted = max(-(-len(plan) // workers), 2) * workers
     low, high = 1, max_tokens  # the smallest budget cut into at most `wanted` batches
     while low < high:
         mid = (low + high) // 2
@@ -109,10 +114,9 @@ def translate_ids(
 
     rows = rows_per_sentence(cfg, greedy)  # beams or samples multiply the decoder's rows
     tokens = max(1, max_tokens // rows)
-    plan = batch_plan(lengths, out_lens, tokens, 0, 0, shuffle=False)
-    workers = min(workers, len(plan) // 2)  # a worker per batch or two would wait on the longest
+    workers = min(workers, len(sources) // (2 * MIN_WORKER_BATCH))  # two batches each, not tiny ones
     if workers <= 1:
-        for batch in plan:
+        for batch in batch_plan(lengths, out_lens, tokens, 0, 0, shuffle=False):
             run(batch)
         return results
     if engine.static:

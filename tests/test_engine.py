@@ -211,7 +211,9 @@ def test_workers_search_batches_at_once_and_find_the_same(copy_model, monkeypatc
 
     from infer.translate import translate_ids
 
-    sources = [s + [copy_model.config.eos_id] for s in random_sentences(40, 1, 6, 12, seed=21)]
+    from infer.translate import MIN_WORKER_BATCH
+
+    sources = [s + [copy_model.config.eos_id] for s in random_sentences(6 * MIN_WORKER_BATCH, 1, 6, 12, seed=21)]
     cfg = SearchConfig(beam_size=3, n_best=2)
     threads = torch.get_num_threads()
     seen = set()
@@ -225,6 +227,9 @@ def test_workers_search_batches_at_once_and_find_the_same(copy_model, monkeypatc
     assert len(seen) == 3 and torch.get_num_threads() == threads
     for a, b in zip(one, three):
         assert_same_hypotheses(a, b)
+    seen.clear()  # too few sentences for two batches a worker: one worker
+    translate_ids(engine, sources[: 4 * MIN_WORKER_BATCH - 1], cfg, max_tokens=3 * 40, workers=2)
+    assert len(seen) == 1
     with pytest.raises(ValueError, match="dynamic engine"):
         translate_ids(Engine(copy_model, static=True), sources, cfg, max_tokens=3 * 40, workers=2)
 

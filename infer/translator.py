@@ -29,7 +29,7 @@ DTYPE_NAMES = (*DTYPES, "int8")
 # Padded tokens per batch, beams included, by default. A GPU step costs about the same for a few
 # rows as for thousands, and every batch shape captures its own graphs: a file of Multi30k goes
 # in one or two batches. A CPU step grows with its rows, but its products run nearer the core's
-# rate with more of them: on 2 cores, Multi30k's test set with beam 5 took about 0.95 of the time
+# rate with more of them: on 2 cores, Multi30k's test set with beam 5 took about 0.97 of the time
 # with 32768 as with 16384 (in-process, alternating; the KV cache of a batch of the CPU recipe's
 # model is then about 200 MB).
 MAX_TOKENS = {"cpu": 32768, "cuda": 262144}

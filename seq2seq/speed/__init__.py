@@ -7,6 +7,8 @@ cache and search code neither import nor branch on.
 - int8.py: on CPU, every linear layer dynamically quantized to int8 (--dtype int8).
 - graphs.py: a decoding step captured once as a CUDA graph and replayed (infer.engine).
 - dropout.py: on CPU, training's dropout masks drawn four elements per random word.
+- memory.py: on CPU, memory a step frees kept for the next step instead of given back to the
+  kernel and faulted in again.
 - training_attention(): on CUDA, the attention kernels training runs with.
 - compiled(): a training forward-and-loss compiled by torch.compile (train.compile=true).
 """
@@ -32,14 +34,17 @@ def untie_output(model: nn.Module) -> nn.Module:
 def for_inference(model: nn.Module, pack: bool = True) -> nn.Module:
     """The model (a Transformer or an Ensemble of them, ours alone: changed in place) made
     faster for decoding where it sits: on CPU, attention by batched products
-    (seq2seq.speed.attention), and in fp32 its products packed (seq2seq.speed.packed) unless
-    pack is False (int8 has its own)."""
+    (seq2seq.speed.attention), freed memory kept for reuse (seq2seq.speed.memory: process-wide),
+    and in fp32 its products packed (seq2seq.speed.packed) unless pack is False (int8 has its
+    own)."""
     from seq2seq.speed import packed
     from seq2seq.speed.attention import use_products_attention
+    from seq2seq.speed.memory import keep_freed_memory
 
     first = next(model.parameters())
     if first.device.type != "cpu":
         return model
+    keep_freed_memory()
     use_products_attention(model)
     if not pack or first.dtype != torch.float32 or not packed.available():
         return model
@@ -50,11 +55,14 @@ def for_inference(model: nn.Module, pack: bool = True) -> nn.Module:
 
 def for_training(model: nn.Module) -> nn.Module:
     """The model (changed in place) made faster to train where it sits: on CPU, its dropout
-    drawn by seq2seq.speed.dropout. Checkpoints are unchanged: dropout holds no weights."""
+    drawn by seq2seq.speed.dropout (checkpoints are unchanged: dropout holds no weights), and
+    freed memory kept for reuse (seq2seq.speed.memory: process-wide)."""
     from seq2seq.speed.dropout import swap_dropout
+    from seq2seq.speed.memory import keep_freed_memory
 
     if next(model.parameters()).device.type != "cpu":
         return model
+    keep_freed_memory()
     return swap_dropout(model)
 
 

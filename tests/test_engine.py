@@ -209,9 +209,7 @@ def test_workers_search_batches_at_once_and_find_the_same(copy_model, monkeypatc
     PyTorch's thread count is what it was."""
     import threading
 
-    from infer.translate import translate_ids
-
-    from infer.translate import MIN_WORKER_BATCH
+    from infer.translate import MIN_WORKER_BATCH, translate_ids
 
     sources = [s + [copy_model.config.eos_id] for s in random_sentences(6 * MIN_WORKER_BATCH, 1, 6, 12, seed=21)]
     cfg = SearchConfig(beam_size=3, n_best=2)

@@ -12,6 +12,13 @@ the same batches), and the ratio printed: the peer as a user of transformers wou
 
     python bench/train.py configs/multi30k_de_en.yaml model.d_model=512 ... --peak-tflops 989 --hf
 
+Under torchrun every process takes its share of each update's batches, as seq2seq-train's
+processes do, and the first prints the whole job's figures (tokens of every process); the
+scaling over one device is the ratio to the same command run alone:
+
+    python bench/train.py configs/multi30k_de_en.yaml ...                                 # one GPU
+    torchrun --standalone --nproc_per_node 2 bench/train.py configs/multi30k_de_en.yaml ...  # two
+
 FLOPs are counted analytically: 2 per multiply-add of every matrix product a token goes
 through (projections, feed-forward, attention scores and values, output layer), times 3 for
 the forward and backward passes.
@@ -29,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train import distributed  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
@@ -59,12 +67,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(args.config, [*args.overrides, f"run_dir={run_dir}"])
         trainer = Trainer(cfg, log=lambda m: print(m, file=sys.stderr))
+        env = trainer.env
+        if args.hf and env.enabled:
+            raise SystemExit("bench/train.py: --hf times one process; run it without torchrun")
         plan = trainer.plan(0)
-        per_update = cfg.optim.accum_steps
+        accum = cfg.optim.accum_steps
+        per_update = env.world_size * accum  # batches of one update, every process's
         needed = (args.warmup + args.updates) * per_update
         plan = (plan * (needed // len(plan) + 1))[:needed]
         (src_side, tgt_side), mc = trainer.train_sides, trainer.model_cfg
-        sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+        cuda_sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+
+        def sync() -> None:  # every process's device done, and every process here
+            cuda_sync()
+            distributed.barrier(env)
+
         tokens = tgt_tokens = flops = 0
         for u in range(args.warmup + args.updates):
             batches = plan[u * per_update : (u + 1) * per_update]
@@ -72,7 +89,7 @@ def main() -> None:
             if u == args.warmup:
                 sync()
                 start = time.perf_counter()
-            trainer.update(batches, n_tgt)
+            trainer.update(batches[env.rank * accum : (env.rank + 1) * accum], n_tgt)
             if u >= args.warmup:
                 tgt_tokens += n_tgt
                 tokens += n_tgt + sum(int(src_side.lengths[b].sum()) for b in batches)
@@ -81,15 +98,19 @@ def main() -> None:
                     flops += 3 * forward_flops(mc, src_lens, tgt_lens, max(src_lens), max(tgt_lens))
         sync()
         seconds = time.perf_counter() - start
+        distributed.shutdown(env)
+    if not env.is_main:
+        return
     achieved = flops / seconds / 1e12
     out = {
         "benchmark": "train", "config": args.config, "overrides": args.overrides,
         "device": torch.cuda.get_device_name() if trainer.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "processes": env.world_size,
         "precision": "bf16 autocast" if trainer.device.type == "cuda" else "fp32",
         "params_m": round(sum(p.numel() for p in trainer.model.parameters()) / 1e6, 2),
         "updates": args.updates, "max_tokens": cfg.optim.max_tokens, "accum_steps": cfg.optim.accum_steps,
         "seconds": round(seconds, 3), "updates_per_s": round(args.updates / seconds, 2),
-        "tokens_per_s": round(tokens / seconds), "tgt_tokens_per_s": round(tgt_tokens / seconds),
+        "tgt_tokens": tgt_tokens, "tokens_per_s": round(tokens / seconds), "tgt_tokens_per_s": round(tgt_tokens / seconds),
         "model_tflops_per_s": round(achieved, 3),
     }
     if args.peak_tflops:

@@ -1,4 +1,5 @@
 """Training: loss falls, exact resume, Ctrl-C, atomic checkpoints, averaging, DDP, CLI errors."""
+import json
 import os
 import signal
 import subprocess
@@ -213,6 +214,31 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path, 
     # whichever sign float summation order gives it.
     for name in a["model"]:
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=2e-4)
+    # bench/compare_runs.py, which reports such pairs of runs, finds their curves together.
+    sys.path.insert(0, str(ROOT / "bench"))
+    from compare_runs import compare
+
+    curves = compare([tmp_path / "single", tmp_path / "ddp"])
+    assert [r["step"] for r in curves["valid"]] == [4] and curves["loss"]
+    assert curves["max_loss_difference"] < 1e-3 and curves["max_valid_loss_difference"] < 1e-3
+
+
+@pytest.mark.slow
+def test_train_benchmark_under_torchrun_times_the_global_batches_of_one_process_accumulating(multi30k_slice):
+    """bench/train.py on 2 gloo processes: one JSON, from rank 0, of the same target tokens as
+    one process taking both processes' batches (accum_steps=2): the scaling figure of issue 22
+    compares the same work."""
+    common = [str(ROOT / "bench" / "train.py"), str(TINY), f"data.path={multi30k_slice}", "vocab.size=400",
+              "optim.max_tokens=512", "--updates", "3", "--warmup", "1"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *common],
+                         env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-4000:]
+    one = subprocess.run([sys.executable, *common, "optim.accum_steps=2"], env=TORCHRUN_ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-4000:]
+    got, want = json.loads(two.stdout), json.loads(one.stdout)  # a second JSON would not parse
+    assert (got["processes"], want["processes"]) == (2, 1)
+    assert got["tgt_tokens"] == want["tgt_tokens"] > 0
 
 
 def _torchrun(tmp_path, run: str, *overrides: str) -> list[str]:

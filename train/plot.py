@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 
-def _records(metrics_path: Path) -> tuple[list[dict], list[dict]]:
+def read_metrics(metrics_path: Path) -> tuple[list[dict], list[dict]]:
     """The train and valid records of a metrics.jsonl."""
     train, valid = [], []
     if metrics_path.exists():
@@ -37,7 +37,7 @@ def _save(plt, fig, axes, out_path: Path) -> None:
 
 
 def plot_metrics(metrics_path: Path, out_path: Path) -> None:
-    train, valid = _records(metrics_path)
+    train, valid = read_metrics(metrics_path)
     plt, fig, (ax_loss, ax_bleu) = _figure()
     if train:
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train (label-smoothed)", lw=1)
@@ -52,13 +52,21 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> None:
 
 def plot_members(member_metrics: list[Path], ensemble_bleu: float, out_path: Path) -> None:
     """Every member's curves in one figure, with the ensemble's validation BLEU as a line."""
+    plot_runs(member_metrics, [f"member {k}" for k in range(1, len(member_metrics) + 1)], out_path,
+              (f"ensemble ({ensemble_bleu:.2f})", ensemble_bleu))
+
+
+def plot_runs(metrics: list[Path], labels: list[str], out_path: Path, bleu_line: tuple[str, float] | None = None) -> None:
+    """Several runs' curves in one figure (train loss as lines, validation NLL and BLEU as dots);
+    bleu_line: (label, value) drawn across the BLEU panel."""
     plt, fig, (ax_loss, ax_bleu) = _figure()
-    for k, path in enumerate(member_metrics, 1):
-        train, valid = _records(path)
-        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, color=f"C{k - 1}", label=f"member {k} train")
-        ax_loss.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", ms=3, color=f"C{k - 1}", alpha=0.6)
-        ax_bleu.plot([r["step"] for r in valid], [r["bleu"] for r in valid], "o-", ms=3, color=f"C{k - 1}", label=f"member {k}")
-    ax_bleu.axhline(ensemble_bleu, color="k", ls="--", label=f"ensemble ({ensemble_bleu:.2f})")
+    for k, (path, label) in enumerate(zip(metrics, labels)):
+        train, valid = read_metrics(path)
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, color=f"C{k}", label=f"{label} train")
+        ax_loss.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", ms=3, color=f"C{k}", alpha=0.6)
+        ax_bleu.plot([r["step"] for r in valid], [r["bleu"] for r in valid], "o-", ms=3, color=f"C{k}", label=label)
+    if bleu_line is not None:
+        ax_bleu.axhline(bleu_line[1], color="k", ls="--", label=bleu_line[0])
     ax_loss.set(xlabel="update", ylabel="loss per target token", title="Loss (lines: train; dots: validation NLL)")
     ax_bleu.set(xlabel="update", ylabel="BLEU", title="Validation BLEU (sacrebleu)")
     ax_loss.legend()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.plot import read_metrics, plot_runs  # noqa: E402
+from train.plot import plot_runs, read_metrics  # noqa: E402
 
 
 def compare(runs: list[Path]) -> dict:

@@ -18,6 +18,9 @@ from train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
+# Two gloo processes under torchrun, and their environment.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TORCHRUN_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def tiny(run_dir, data, *overrides):
@@ -196,11 +199,9 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path, 
     """torchrun with 2 gloo processes (accum 1) == 1 process accumulating the same 2 batches."""
     common = [f"data.path={multi30k_slice}", "optim.max_steps=4", "eval.every=4", "model.dropout=0.0",
               "eval.search.max_len=4", "vocab.size=400", "optim.max_tokens=512"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train",
-         str(TINY), f"run_dir={tmp_path / 'ddp'}", "--no-test", *common],
-        env=env, capture_output=True, text=True, timeout=300,
+        [*TORCHRUN, "-m", "train", str(TINY), f"run_dir={tmp_path / 'ddp'}", "--no-test", *common],
+        env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     Trainer(load_config(TINY, [f"run_dir={tmp_path / 'single'}", "optim.accum_steps=2", *common])).train()
@@ -230,8 +231,7 @@ def test_train_benchmark_under_torchrun_times_the_global_batches_of_one_process_
     compares the same work."""
     common = [str(ROOT / "bench" / "train.py"), str(TINY), f"data.path={multi30k_slice}", "vocab.size=400",
               "optim.max_tokens=512", "--updates", "3", "--warmup", "1"]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *common],
-                         env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300)
+    two = subprocess.run([*TORCHRUN, *common], env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-4000:]
     one = subprocess.run([sys.executable, *common, "optim.accum_steps=2"], env=TORCHRUN_ENV, capture_output=True,
                          text=True, timeout=300)
@@ -243,12 +243,9 @@ def test_train_benchmark_under_torchrun_times_the_global_batches_of_one_process_
 
 def _torchrun(tmp_path, run: str, *overrides: str) -> list[str]:
     """The command line of a 2-process gloo run of the tiny recipe on the data slice."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train",
-            str(TINY), f"run_dir={tmp_path / run}", "--no-test", "eval.search.max_len=4", "vocab.size=400",
-            "optim.max_tokens=512", *overrides]
+    return [*TORCHRUN, "-m", "train", str(TINY), f"run_dir={tmp_path / run}", "--no-test", "eval.search.max_len=4",
+            "vocab.size=400", "optim.max_tokens=512", *overrides]
 
-
-TORCHRUN_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ cache and search code neither import nor branch on.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from torch import nn
@@ -84,5 +85,19 @@ def compiled(fn, backend="inductor"):
     graph serves them all. Inductor fuses what eager runs as separate kernels (layer norms,
     dropout, residual adds, bias and activation, casts, the loss over the vocabulary); the
     figures are in docs/RESULTS.md. The first updates take minutes to compile. backend: another
-    torch.compile backend (tests capture the graphs without generating code)."""
-    return torch.compile(fn, dynamic=True, backend=backend)
+    torch.compile backend (tests capture the graphs without generating code).
+
+    Every size gets its own symbol: by default PyTorch gives sizes that happen to be equal in
+    the first batch one symbol (sources and targets both 26 wide, say) and compiles everything
+    again at the first batch where they differ, which cost a second full compile of the
+    transformer-base step on an H200."""
+    from torch.fx.experimental import _config as shapes_config
+
+    step = torch.compile(fn, dynamic=True, backend=backend)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with shapes_config.patch(use_duck_shape=False):  # read when a graph is traced
+            return step(*args, **kwargs)
+
+    return run

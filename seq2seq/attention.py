@@ -64,6 +64,9 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out)
 
     def forward(self, x: Tensor, kv_input: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        """Plain attention of x (N, T, D) over kv_input (B, L, D)."""
+        """Plain attention of x (N, T, D) over kv_input (B, L, D); self-attention when they
+        are one tensor."""
+        if x is kv_input:
+            return self.attend(*self.project_qkv(x), mask, is_causal)
         k, v = self.project_kv(kv_input)
         return self.attend(self.project_q(x), k, v, mask, is_causal)

@@ -51,6 +51,47 @@ def test_for_training_swaps_every_dropout_and_keeps_the_weights():
     torch.testing.assert_close(model.eval()(src, tgt), plain.eval()(src, tgt))
 
 
+def test_fused_projections_give_the_same_loss_and_gradients_and_keep_the_weights():
+    """Self-attention's q/k/v and cross-attention's k/v as one product each: same arithmetic,
+    so the same loss and gradients, and the same parameters under the same names."""
+    import copy
+
+    from conftest import pad_batch, random_sentences, tiny_model
+    from seq2seq.attention import MultiHeadAttention
+    from seq2seq.speed.projections import FusedProjectionAttention, fuse_projections
+    from train.loss import objective
+
+    for norm in ("pre", "post"):
+        plain = tiny_model(seed=2, norm=norm, dropout=0.1).train()
+        fused = fuse_projections(copy.deepcopy(plain))
+        kinds = {type(m) for m in fused.modules() if isinstance(m, MultiHeadAttention)}
+        assert kinds == {FusedProjectionAttention}
+        assert list(fused.state_dict()) == list(plain.state_dict())
+        src = pad_batch(random_sentences(7, 2, 9, 24, seed=1))
+        tgt = pad_batch(random_sentences(7, 2, 8, 24, seed=2))
+        losses = []
+        for model in (plain, fused):
+            torch.manual_seed(5)  # the same dropout masks
+            loss, _ = objective(model, src, tgt[:, :-1], tgt[:, 1:], 0, 0.1, 0.0)
+            loss.backward()
+            losses.append(loss)
+        torch.testing.assert_close(losses[1], losses[0])
+        for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+def test_for_training_fuses_projections_off_the_cpu_only():
+    from seq2seq.speed.projections import FusedProjectionAttention
+
+    cfg = ModelConfig(src_vocab_size=50, tgt_vocab_size=50, d_model=32, n_heads=2, n_encoder_layers=1,
+                      n_decoder_layers=1, d_ff=64)
+    cpu = for_training(Transformer(cfg))
+    assert not any(isinstance(m, FusedProjectionAttention) for m in cpu.modules())
+    with torch.device("meta"):  # stands in for CUDA: any device but the CPU
+        other = for_training(Transformer(cfg))
+    assert sum(isinstance(m, FusedProjectionAttention) for m in other.modules()) == 3
+
+
 def test_cuda_training_leaves_cudnn_attention_out_and_cpu_is_untouched():
     before = torch.backends.cuda.cudnn_sdp_enabled()
     with speed.training_attention(torch.device("cuda")):

@@ -59,8 +59,8 @@ def for_training(model: nn.Module) -> nn.Module:
     """The model (changed in place; checkpoints are unchanged) made faster to train where it
     sits: on CPU, its dropout drawn by seq2seq.speed.dropout and freed memory kept for reuse
     (seq2seq.speed.memory: process-wide); elsewhere (CUDA), attention's input projections as
-    one product each (seq2seq.speed.projections: on an H200 a transformer-base update ran about
-    5% faster; on our CPU the two were level)."""
+    one product each (seq2seq.speed.projections: eager transformer-base training on an H200
+    ran 1.09x faster, docs/RESULTS.md; on our CPU the two were level)."""
     from seq2seq.speed.dropout import swap_dropout
     from seq2seq.speed.memory import keep_freed_memory
     from seq2seq.speed.projections import fuse_projections
